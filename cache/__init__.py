@@ -1,0 +1,34 @@
+"""The semantic cache: storage, index, normalisation and pricing. Knows nothing of HTTP."""
+
+from .entry import Entry, Usage
+from .errors import (
+    InvalidInput,
+    NotFound,
+    SemcacheError,
+    Unauthorized,
+    Unavailable,
+    VersionConflict,
+)
+from .normalize import NAMESPACE_PATTERN, normalize_question
+from .pricing import ModelPrice, PriceTable
+from .semantic import CacheConfig, LookupResult, SemanticCache
+from .stats import NamespaceStats
+
+__all__ = [
+    "NAMESPACE_PATTERN",
+    "CacheConfig",
+    "Entry",
+    "InvalidInput",
+    "LookupResult",
+    "ModelPrice",
+    "NamespaceStats",
+    "NotFound",
+    "PriceTable",
+    "SemanticCache",
+    "SemcacheError",
+    "Unauthorized",
+    "Unavailable",
+    "Usage",
+    "VersionConflict",
+    "normalize_question",
+]

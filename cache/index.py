@@ -1,0 +1,156 @@
+"""The vector index of one (namespace, catalog version) group, and the lock that guards it."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+
+class RWLock:
+    """Many readers or one writer: searches run side by side, mutations alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class GroupIndex:
+    """Exact inner-product search over the unit vectors of one group, with each id's expiry.
+
+    A flat index is exact and supports removal; it is linear in the group's size, which the
+    performance work will revisit for very large namespaces.
+    """
+
+    def __init__(self, dim: int, index: Any | None = None) -> None:
+        self.dim = dim
+        self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._expiry: dict[int, float] = {}
+        self._lock = RWLock()
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def ids(self) -> set[int]:
+        with self._lock.read():
+            return set(self._expiry)
+
+    def index_ids(self) -> set[int]:
+        with self._lock.read():
+            return {int(i) for i in faiss.vector_to_array(self._index.id_map)}
+
+    def is_live(self, int_id: int, now: float) -> bool:
+        expires = self._expiry.get(int_id)
+        return expires is not None and expires > now
+
+    def live_count(self, now: float) -> int:
+        with self._lock.read():
+            return sum(1 for expires in self._expiry.values() if expires > now)
+
+    def expired_ids(self, now: float) -> list[int]:
+        with self._lock.read():
+            return [i for i, expires in self._expiry.items() if expires <= now]
+
+    def set_expiry(self, int_id: int, expires_at: float | None) -> None:
+        """Track an id whose vector is already in the index (used when loading a saved index)."""
+        self._expiry[int_id] = math.inf if expires_at is None else expires_at
+
+    def add(
+        self, ids: list[int], vectors: np.ndarray[Any, Any], expiries: list[float | None]
+    ) -> None:
+        id_array = np.asarray(ids, dtype=np.int64)
+        matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
+        with self._lock.write():
+            # Upsert: a rewritten question replaces its old vector instead of duplicating it.
+            known = [i for i in ids if i in self._expiry]
+            if known:
+                self._index.remove_ids(np.asarray(known, dtype=np.int64))
+            self._index.add_with_ids(matrix, id_array)
+            for int_id, expires in zip(ids, expiries, strict=True):
+                self._expiry[int_id] = math.inf if expires is None else expires
+            self.dirty = True
+
+    def remove(self, ids: list[int]) -> int:
+        with self._lock.write():
+            present = [i for i in ids if i in self._expiry]
+            if present:
+                self._index.remove_ids(np.asarray(present, dtype=np.int64))
+                for int_id in present:
+                    del self._expiry[int_id]
+                self.dirty = True
+            return len(present)
+
+    def search(
+        self, vector: np.ndarray[Any, Any], now: float, k: int = 8
+    ) -> tuple[int, float] | None:
+        """The nearest live id and its cosine similarity, or None if the group has none."""
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        with self._lock.read():
+            total = self._index.ntotal
+            while total:
+                k = min(k, total)
+                sims, ids = self._index.search(query, k)
+                for sim, int_id in zip(sims[0], ids[0], strict=True):
+                    if int_id >= 0 and self._expiry.get(int(int_id), 0.0) > now:
+                        return int(int_id), min(1.0, max(-1.0, float(sim)))
+                if k == total:
+                    break
+                k *= 4  # every candidate so far had expired: look further
+        return None
+
+    def save(self, path: Path) -> None:
+        """Write the index atomically: a crash leaves the old file or the new one, never half."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with self._lock.read():
+            faiss.write_index(self._index, str(tmp))
+            self.dirty = False
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int) -> GroupIndex:
+        """Read a saved index; raises ValueError if it is unreadable or of another width."""
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            raise ValueError(f"unreadable index {path}: {exc}") from exc
+        if index.d != dim or not hasattr(index, "id_map"):
+            raise ValueError(f"index {path} has dimension {index.d}, expected {dim}")
+        # read_index returns the base class; downcast to reach id_map and remove_ids.
+        return cls(dim, faiss.downcast_index(index))

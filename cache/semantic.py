@@ -1,0 +1,455 @@
+"""The semantic cache: exact and nearest-neighbour lookups, writes, versions, TTL and purge."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import msgspec
+import numpy as np
+
+from embeddings import Embedder
+
+from .entry import Entry, Usage, entry_int_id, format_entry_id, parse_entry_id
+from .errors import InvalidInput, NotFound, Unavailable, VersionConflict
+from .index import GroupIndex
+from .normalize import validate_namespace, validate_question, validate_threshold
+from .pricing import PriceTable
+from .stats import Counters, NamespaceStats, summarise
+from .store import EntryStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_REEMBED_BATCH = 256
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """Behaviour of the cache that does not depend on HTTP."""
+
+    threshold: float = 0.90
+    """Default cosine similarity a semantic hit must reach."""
+    default_ttl_s: float | None = None
+    """TTL of entries written without `ttl_s`; None keeps them until deleted or invalidated."""
+    max_question_chars: int = 2_000
+    """Longest question accepted, in characters."""
+    max_answer_chars: int = 200_000
+    """Longest answer accepted, in characters."""
+
+
+class LookupResult(msgspec.Struct, kw_only=True):
+    hit: bool
+    lookup_id: str
+    namespace: str
+    catalog_version: int
+    match: Literal["exact", "semantic"] | None = None
+    entry: Entry | None = None
+    similarity: float | None = None
+    nearest_similarity: float | None = None
+    saved_usd: float | None = None
+    saved_tokens: int = 0
+
+
+class SemanticCache:
+    """A namespaced, versioned semantic cache over diskcache and faiss.
+
+    Thread-safe: lookups run concurrently; writes, deletes and version changes are serialised.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        embedder: Embedder,
+        *,
+        prices: PriceTable | None = None,
+        config: CacheConfig | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.config = config or CacheConfig()
+        validate_threshold(self.config.threshold)
+        self._embedder = embedder
+        self._prices = prices or PriceTable.load()
+        self._clock = clock
+        self._dir = Path(directory)
+        self._index_dir = self._dir / "index"
+        self._write_lock = threading.Lock()
+        # Single queries on a small index are slower with OpenMP threads than without.
+        faiss.omp_set_num_threads(1)
+        self._store = EntryStore(self._dir / "store")
+        self._versions: dict[str, int] = self._store.versions()
+        self._groups: dict[tuple[str, int], GroupIndex] = {}
+        self._stale_groups: set[tuple[str, int]] = set()
+        self._hits_pending: dict[int, tuple[int, float]] = {}
+        self._hits_lock = threading.Lock()
+        self.counters = Counters(self._store.load_stats())
+        self._load_groups()
+
+    # start-up ------------------------------------------------------------------------------
+
+    def _embedder_id(self) -> str:
+        return f"{self._embedder.name}/{self._embedder.dim}"
+
+    def _load_groups(self) -> None:
+        """Rebuild in-memory state from the store, the source of truth; reuse saved indexes."""
+        members: dict[tuple[str, int], dict[int, Entry]] = {}
+        for int_id, entry in self._store.iter_entries():
+            key = (entry.namespace, entry.catalog_version)
+            if entry.catalog_version < self.version(entry.namespace):
+                self._stale_groups.add(key)
+                continue
+            members.setdefault(key, {})[int_id] = entry
+        same_model = self._store.embedder_id() in (None, self._embedder_id())
+        for key, entries in members.items():
+            group = self._load_saved_index(key, set(entries)) if same_model else None
+            if group is None:
+                group = self._rebuild_group(entries, reuse_vectors=same_model)
+            for int_id, entry in entries.items():
+                group.set_expiry(int_id, entry.expires_at)
+            self._groups[key] = group
+        self._store.set_embedder_id(self._embedder_id())
+
+    def _index_path(self, key: tuple[str, int]) -> Path:
+        return self._index_dir / f"{key[0]}@{key[1]}.faiss"
+
+    def _load_saved_index(self, key: tuple[str, int], expected: set[int]) -> GroupIndex | None:
+        path = self._index_path(key)
+        if not path.exists():
+            log.info("index %s missing: rebuilding from the store", path.name)
+            return None
+        try:
+            group = GroupIndex.load(path, self._embedder.dim)
+        except ValueError as exc:
+            log.warning("%s: rebuilding from the store", exc)
+            return None
+        if group.index_ids() != expected:
+            log.warning("index %s is stale: rebuilding from the store", path.name)
+            return None
+        return group
+
+    def _rebuild_group(self, entries: dict[int, Entry], *, reuse_vectors: bool) -> GroupIndex:
+        group = GroupIndex(self._embedder.dim)
+        ids: list[int] = []
+        vectors: list[np.ndarray[Any, Any]] = []
+        missing: list[int] = []
+        for int_id in entries:
+            vector = self._store.get_vector(int_id, self._embedder.dim) if reuse_vectors else None
+            if vector is None:
+                missing.append(int_id)
+            else:
+                ids.append(int_id)
+                vectors.append(vector)
+        if ids:
+            group.add(ids, np.vstack(vectors), [entries[i].expires_at for i in ids])
+        # Vectors of another model (or lost ones) are recomputed and stored again.
+        for start in range(0, len(missing), _REEMBED_BATCH):
+            batch = missing[start : start + _REEMBED_BATCH]
+            matrix = self._embedder.embed([entries[i].normalized_question for i in batch])
+            for int_id, vector in zip(batch, matrix, strict=True):
+                self._store.put_entry(entries[int_id], int_id, vector)
+            group.add(batch, matrix, [entries[i].expires_at for i in batch])
+        group.dirty = True
+        return group
+
+    # reads ---------------------------------------------------------------------------------
+
+    @property
+    def embedder_name(self) -> str:
+        return self._embedder.name
+
+    def version(self, namespace: str) -> int:
+        """Current catalog version of `namespace` (1 until first bumped)."""
+        return self._versions.get(namespace, 1)
+
+    def lookup(
+        self, question: str, namespace: str = "default", threshold: float | None = None
+    ) -> LookupResult:
+        """Find a servable answer for `question`: exact first, then the nearest neighbour.
+
+        Invalid input raises InvalidInput; a failing embedder or store is a miss (fail open).
+        """
+        namespace = validate_namespace(namespace)
+        normalized = validate_question(question, self.config.max_question_chars)
+        threshold = self.config.threshold if threshold is None else validate_threshold(threshold)
+        version = self.version(namespace)
+        lookup_id = uuid.uuid4().hex
+        miss = LookupResult(
+            hit=False, lookup_id=lookup_id, namespace=namespace, catalog_version=version
+        )
+        try:
+            result = self._find(normalized, namespace, version, threshold, lookup_id)
+        except Exception:
+            log.exception("lookup failed open to a miss (namespace %s)", namespace)
+            self.counters.add(namespace, "lookup_errors")
+            self.counters.add(namespace, "lookups")
+            self.counters.add(namespace, "misses")
+            return miss
+        if result is None or not result.hit:
+            self.counters.add(namespace, "lookups")
+            self.counters.add(namespace, "misses")
+            if result is not None:
+                miss.nearest_similarity = result.nearest_similarity
+            return miss
+        assert result.entry is not None
+        self.counters.record_hit(
+            namespace, result.match == "exact", result.entry.usage, result.entry.cost_usd
+        )
+        self._note_hit(result.entry)
+        return result
+
+    def _find(
+        self, normalized: str, namespace: str, version: int, threshold: float, lookup_id: str
+    ) -> LookupResult | None:
+        group = self._groups.get((namespace, version))
+        now = self._clock()
+        if group is None or len(group) == 0:
+            return None
+        int_id = entry_int_id(namespace, version, normalized)
+        if group.is_live(int_id, now):
+            entry = self._store.get_entry(int_id)
+            if entry is not None:
+                return self._hit(entry, "exact", 1.0, lookup_id)
+        vector = self._embedder.embed([normalized])[0]
+        found = group.search(vector, now)
+        if found is None:
+            return None
+        near_id, similarity = found
+        if similarity >= threshold:
+            entry = self._store.get_entry(near_id)
+            if entry is not None and entry.is_live(now):
+                return self._hit(entry, "semantic", similarity, lookup_id)
+        return LookupResult(
+            hit=False,
+            lookup_id=lookup_id,
+            namespace=namespace,
+            catalog_version=version,
+            nearest_similarity=similarity,
+        )
+
+    @staticmethod
+    def _hit(
+        entry: Entry, match: Literal["exact", "semantic"], similarity: float, lookup_id: str
+    ) -> LookupResult:
+        return LookupResult(
+            hit=True,
+            lookup_id=lookup_id,
+            namespace=entry.namespace,
+            catalog_version=entry.catalog_version,
+            match=match,
+            entry=entry,
+            similarity=similarity,
+            nearest_similarity=similarity,
+            saved_usd=entry.cost_usd,
+            saved_tokens=entry.usage.total,
+        )
+
+    def _note_hit(self, entry: Entry) -> None:
+        int_id = parse_entry_id(entry.id)
+        if int_id is None:
+            return
+        now = self._clock()
+        with self._hits_lock:
+            count, _ = self._hits_pending.get(int_id, (0, now))
+            self._hits_pending[int_id] = (count + 1, now)
+        entry.hit_count += count + 1
+        entry.last_hit_at = now
+
+    def get(self, entry_id: str) -> Entry:
+        """A servable entry by id (live, current version), else NotFound."""
+        int_id = parse_entry_id(entry_id)
+        entry = self._store.get_entry(int_id) if int_id is not None else None
+        if (
+            entry is None
+            or int_id is None
+            or not entry.is_live(self._clock())
+            or entry.catalog_version != self.version(entry.namespace)
+        ):
+            raise NotFound(f"no servable entry with id {entry_id!r}")
+        with self._hits_lock:
+            pending = self._hits_pending.get(int_id)
+        if pending is not None:
+            entry.hit_count += pending[0]
+            entry.last_hit_at = pending[1]
+        return entry
+
+    def stats(self) -> tuple[NamespaceStats, dict[str, NamespaceStats]]:
+        """Totals over every namespace, and one row per namespace."""
+        now = self._clock()
+        raw = self.counters.snapshot()
+        self.counters.dirty = True  # a snapshot for reading must not skip the next flush
+        names = sorted(set(raw) | set(self._versions) | {ns for ns, _ in self._groups})
+        rows: dict[str, NamespaceStats] = {}
+        total: dict[str, float] = {}
+        total_entries = 0
+        for namespace in names:
+            version = self.version(namespace)
+            group = self._groups.get((namespace, version))
+            entries = group.live_count(now) if group is not None else 0
+            values = raw.get(namespace, {})
+            rows[namespace] = summarise(values, entries, version)
+            total_entries += entries
+            for name, value in values.items():
+                total[name] = total.get(name, 0.0) + value
+        return summarise(total, total_entries, None), rows
+
+    # writes --------------------------------------------------------------------------------
+
+    def put(
+        self,
+        question: str,
+        answer: str,
+        *,
+        namespace: str = "default",
+        model: str,
+        usage: Usage,
+        ttl_s: float | None = None,
+    ) -> Entry:
+        """Store an answer under the namespace's current catalog version.
+
+        Returns once the entry is durable. The same normalised question in the same namespace
+        and version overwrites the earlier entry.
+        """
+        namespace = validate_namespace(namespace)
+        normalized = validate_question(question, self.config.max_question_chars)
+        if not isinstance(answer, str) or not answer.strip():
+            raise InvalidInput("answer must be a non-empty string")
+        if len(answer) > self.config.max_answer_chars:
+            raise InvalidInput(
+                f"answer is {len(answer)} characters long; the limit is "
+                f"{self.config.max_answer_chars}"
+            )
+        if not model.strip():
+            raise InvalidInput("model must be a non-empty string")
+        if ttl_s is not None and not ttl_s > 0:
+            raise InvalidInput("ttl_s must be a positive number of seconds")
+        ttl = ttl_s if ttl_s is not None else self.config.default_ttl_s
+        try:
+            vector = self._embedder.embed([normalized])[0]
+        except Exception as exc:
+            self.counters.add(namespace, "write_errors")
+            log.exception("embedding failed: entry not stored")
+            raise Unavailable("the embedding model failed; the entry was not stored") from exc
+        cost = self._prices.cost(model, usage)
+        with self._write_lock:
+            version = self.version(namespace)
+            int_id = entry_int_id(namespace, version, normalized)
+            now = self._clock()
+            entry = Entry(
+                id=format_entry_id(int_id),
+                namespace=namespace,
+                catalog_version=version,
+                question=question,
+                normalized_question=normalized,
+                answer=answer,
+                model=model,
+                usage=usage,
+                cost_usd=cost,
+                created_at=now,
+                expires_at=None if ttl is None else now + ttl,
+            )
+            try:
+                self._store.put_entry(entry, int_id, vector)
+            except Exception as exc:
+                self.counters.add(namespace, "write_errors")
+                log.exception("store write failed: entry not stored")
+                raise Unavailable("the store could not write the entry; it was not stored") from exc
+            key = (namespace, version)
+            group = self._groups.get(key)
+            if group is None:
+                group = self._groups[key] = GroupIndex(self._embedder.dim)
+            group.add([int_id], vector.reshape(1, -1), [entry.expires_at])
+            with self._hits_lock:
+                self._hits_pending.pop(int_id, None)
+        self.counters.add(namespace, "writes")
+        return entry
+
+    def delete(self, entry_id: str) -> Entry:
+        """Delete an entry (of any version); NotFound if there is none."""
+        int_id = parse_entry_id(entry_id)
+        with self._write_lock:
+            entry = self._store.get_entry(int_id) if int_id is not None else None
+            if entry is None or int_id is None:
+                raise NotFound(f"no entry with id {entry_id!r}")
+            self._store.delete_entry(int_id)
+            group = self._groups.get((entry.namespace, entry.catalog_version))
+            if group is not None:
+                group.remove([int_id])
+            with self._hits_lock:
+                self._hits_pending.pop(int_id, None)
+        return entry
+
+    def set_version(self, namespace: str, version: int | None = None) -> tuple[int, int]:
+        """Move `namespace` to `version` (default: current + 1). Returns (version, invalidated).
+
+        Every entry of an older version is unservable as soon as this returns; `purge` frees
+        their storage later. Versions only move forward, so a purged version never comes back
+        half-present.
+        """
+        namespace = validate_namespace(namespace)
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise InvalidInput("version must be an integer")
+        with self._write_lock:
+            current = self.version(namespace)
+            target = current + 1 if version is None else version
+            if target <= current:
+                raise VersionConflict(
+                    f"namespace {namespace!r} is at version {current}; a new version must be "
+                    f"greater, got {target}"
+                )
+            group = self._groups.get((namespace, current))
+            invalidated = group.live_count(self._clock()) if group is not None else 0
+            self._store.set_version(namespace, target)
+            self._versions[namespace] = target
+            if group is not None:
+                self._stale_groups.add((namespace, current))
+        log.info("namespace %s moved to catalog version %d", namespace, target)
+        return target, invalidated
+
+    def purge(self) -> int:
+        """Reclaim the storage and index slots of expired and invalidated entries."""
+        removed = 0
+        now = self._clock()
+        with self._write_lock:
+            for key in list(self._stale_groups):
+                removed += self._store.evict_group(*key)
+                self._groups.pop(key, None)
+                self._index_path(key).unlink(missing_ok=True)
+                self._stale_groups.discard(key)
+            for group in list(self._groups.values()):
+                expired = group.expired_ids(now)
+                for int_id in expired:
+                    self._store.delete_entry(int_id)
+                removed += group.remove(expired)
+        if removed:
+            log.info("purged %d expired or invalidated entries", removed)
+        return removed
+
+    # persistence ---------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Persist counters, hit counts and changed indexes. Safe to call at any time."""
+        with self._hits_lock:
+            pending, self._hits_pending = self._hits_pending, {}
+        with self._write_lock:
+            for int_id, (count, last) in pending.items():
+                entry = self._store.get_entry(int_id)
+                if entry is not None:
+                    entry.hit_count += count
+                    entry.last_hit_at = last
+                    self._store.update_entry(entry, int_id)
+            for key, group in list(self._groups.items()):
+                if group.dirty:
+                    group.save(self._index_path(key))
+        if self.counters.dirty:
+            self._store.save_stats(self.counters.snapshot())
+
+    def close(self) -> None:
+        self.flush()
+        self._store.close()

@@ -1,0 +1,127 @@
+"""Per-namespace counters of lookups, hits and savings, kept in memory and flushed to the store.
+
+Counting in memory and flushing every few seconds keeps the lookup path free of disk writes
+(GPTCache writes to SQLite on every lookup); a crash loses at most one flush interval of
+counts, never an entry.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import msgspec
+
+from .entry import Usage
+
+COUNTERS = (
+    "lookups",
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "lookup_errors",
+    "writes",
+    "write_errors",
+    "saved_usd",
+    "saved_input_tokens",
+    "saved_output_tokens",
+    "saved_cache_creation_input_tokens",
+    "saved_cache_read_input_tokens",
+)
+
+
+class NamespaceStats(msgspec.Struct, kw_only=True):
+    """Counters of one namespace (or of all of them, where catalog_version is None)."""
+
+    lookups: int
+    hits: int
+    exact_hits: int
+    semantic_hits: int
+    misses: int
+    hit_rate: float | None
+    lookup_errors: int
+    writes: int
+    write_errors: int
+    entries: int
+    catalog_version: int | None
+    saved_tokens: int
+    saved_input_tokens: int
+    saved_output_tokens: int
+    saved_cache_creation_input_tokens: int
+    saved_cache_read_input_tokens: int
+    saved_usd: float
+
+
+class Counters:
+    """Thread-safe counters keyed by namespace."""
+
+    def __init__(self, initial: dict[str, dict[str, float]] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, dict[str, float]] = {}
+        for namespace, values in (initial or {}).items():
+            self._data[namespace] = {name: float(values.get(name, 0.0)) for name in COUNTERS}
+        self.dirty = False
+
+    def _ns(self, namespace: str) -> dict[str, float]:
+        found = self._data.get(namespace)
+        if found is None:
+            found = self._data[namespace] = dict.fromkeys(COUNTERS, 0.0)
+        return found
+
+    def add(self, namespace: str, name: str, amount: float = 1.0) -> None:
+        with self._lock:
+            self._ns(namespace)[name] += amount
+            self.dirty = True
+
+    def record_hit(self, namespace: str, exact: bool, usage: Usage, cost: float | None) -> None:
+        with self._lock:
+            values = self._ns(namespace)
+            values["lookups"] += 1
+            values["exact_hits" if exact else "semantic_hits"] += 1
+            values["saved_usd"] += cost or 0.0
+            values["saved_input_tokens"] += usage.input_tokens
+            values["saved_output_tokens"] += usage.output_tokens
+            values["saved_cache_creation_input_tokens"] += usage.cache_creation_input_tokens
+            values["saved_cache_read_input_tokens"] += usage.cache_read_input_tokens
+            self.dirty = True
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            self.dirty = False
+            return {ns: dict(values) for ns, values in self._data.items()}
+
+    def namespaces(self) -> list[str]:
+        with self._lock:
+            return list(self._data)
+
+
+def summarise(
+    values: dict[str, float], entries: int, catalog_version: int | None
+) -> NamespaceStats:
+    """Turn raw counters into the public shape (also used for the all-namespaces total)."""
+    hits = int(values.get("exact_hits", 0) + values.get("semantic_hits", 0))
+    lookups = int(values.get("lookups", 0))
+    tokens = {
+        name: int(values.get(name, 0))
+        for name in (
+            "saved_input_tokens",
+            "saved_output_tokens",
+            "saved_cache_creation_input_tokens",
+            "saved_cache_read_input_tokens",
+        )
+    }
+    return NamespaceStats(
+        lookups=lookups,
+        hits=hits,
+        exact_hits=int(values.get("exact_hits", 0)),
+        semantic_hits=int(values.get("semantic_hits", 0)),
+        misses=int(values.get("misses", 0)),
+        hit_rate=hits / lookups if lookups else None,
+        lookup_errors=int(values.get("lookup_errors", 0)),
+        writes=int(values.get("writes", 0)),
+        write_errors=int(values.get("write_errors", 0)),
+        entries=entries,
+        catalog_version=catalog_version,
+        saved_tokens=sum(tokens.values()),
+        saved_usd=round(values.get("saved_usd", 0.0), 9),
+        **tokens,
+    )

@@ -1,0 +1,122 @@
+"""Durable storage of entries, their vectors, catalog versions and counters, in diskcache.
+
+diskcache (SQLite in WAL mode) commits each write before it returns, so a write that returned
+survives a crash of the process. Keys are short strings; values are msgpack bytes, which
+diskcache stores raw instead of pickling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import msgspec
+import numpy as np
+
+from .entry import Entry, format_entry_id
+
+_ENTRY = "e:"
+_VECTOR = "v:"
+_VERSION = "ns:"
+_STATS = "stats"
+_EMBEDDER = "meta:embedder"
+
+_encoder = msgspec.msgpack.Encoder()
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def group_tag(namespace: str, version: int) -> str:
+    """The diskcache tag shared by every record of one (namespace, catalog version)."""
+    return f"{namespace}@{version}"
+
+
+class EntryStore:
+    """A thin typed layer over one diskcache.Cache directory."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        # eviction_policy="none": diskcache's default evicts the least recently stored items
+        # past 1 GB, which would silently drop acknowledged entries.
+        self._db = diskcache.Cache(
+            str(directory), eviction_policy="none", tag_index=True, statistics=False
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # entries -------------------------------------------------------------------------------
+
+    def put_entry(self, entry: Entry, int_id: int, vector: np.ndarray[Any, Any]) -> None:
+        """Store an entry and its vector in one transaction; once this returns, it is durable."""
+        tag = group_tag(entry.namespace, entry.catalog_version)
+        key = format_entry_id(int_id)
+        with self._db.transact():
+            self._db.set(_VECTOR + key, np.asarray(vector, dtype=np.float32).tobytes(), tag=tag)
+            self._db.set(_ENTRY + key, _encoder.encode(entry), tag=tag)
+
+    def update_entry(self, entry: Entry, int_id: int) -> None:
+        """Rewrite an existing entry's record (hit counters); its vector is unchanged."""
+        tag = group_tag(entry.namespace, entry.catalog_version)
+        self._db.set(_ENTRY + format_entry_id(int_id), _encoder.encode(entry), tag=tag)
+
+    def get_entry(self, int_id: int) -> Entry | None:
+        raw = self._db.get(_ENTRY + format_entry_id(int_id))
+        return None if raw is None else _entry_decoder.decode(raw)
+
+    def get_vector(self, int_id: int, dim: int) -> np.ndarray[Any, Any] | None:
+        raw = self._db.get(_VECTOR + format_entry_id(int_id))
+        if raw is None or len(raw) != dim * 4:
+            return None
+        return np.frombuffer(raw, dtype=np.float32)
+
+    def delete_entry(self, int_id: int) -> bool:
+        key = format_entry_id(int_id)
+        with self._db.transact():
+            existed: bool = self._db.delete(_ENTRY + key)
+            self._db.delete(_VECTOR + key)
+        return existed
+
+    def iter_entries(self) -> Iterator[tuple[int, Entry]]:
+        """Every stored entry with its int id, in no particular order."""
+        for key in self._db.iterkeys():
+            if isinstance(key, str) and key.startswith(_ENTRY):
+                raw = self._db.get(key)
+                if raw is not None:
+                    yield int(key[len(_ENTRY) :], 16), _entry_decoder.decode(raw)
+
+    def evict_group(self, namespace: str, version: int) -> int:
+        """Delete every record of one (namespace, version); returns how many entries went."""
+        removed: int = self._db.evict(group_tag(namespace, version))
+        return removed // 2  # each entry is two records: the entry and its vector
+
+    # namespaces and counters ---------------------------------------------------------------
+
+    def versions(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for key in self._db.iterkeys():
+            if isinstance(key, str) and key.startswith(_VERSION):
+                value = self._db.get(key)
+                if isinstance(value, int):
+                    found[key[len(_VERSION) :]] = value
+        return found
+
+    def set_version(self, namespace: str, version: int) -> None:
+        self._db.set(_VERSION + namespace, version)
+
+    def load_stats(self) -> dict[str, dict[str, float]]:
+        raw = self._db.get(_STATS)
+        if raw is None:
+            return {}
+        return msgspec.msgpack.decode(raw, type=dict[str, dict[str, float]])
+
+    def save_stats(self, stats: dict[str, dict[str, float]]) -> None:
+        self._db.set(_STATS, _encoder.encode(stats))
+
+    def embedder_id(self) -> str | None:
+        value = self._db.get(_EMBEDDER)
+        return value if isinstance(value, str) else None
+
+    def set_embedder_id(self, value: str) -> None:
+        self._db.set(_EMBEDDER, value)

@@ -1,0 +1,91 @@
+"""The application factory. Heavy resources (model, store, index) open in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+
+from cache import CacheConfig, PriceTable, SemanticCache
+from embeddings import Embedder, SentenceTransformerEmbedder
+
+from .problems import EXCEPTION_HANDLERS
+from .routes import DEPENDENCIES, AdminController, CacheController, healthz, readyz
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _every(seconds: float, job: Callable[[], object], what: str) -> None:
+    """Run `job` in a worker thread every `seconds`; a failure is logged, never fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await anyio.to_thread.run_sync(job)
+        except Exception:
+            log.exception("periodic %s failed; will retry", what)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Litestar:
+    """Build the server. `embedder` and `clock` are injectable so tests need not patch globals."""
+    prices = PriceTable.load(settings.price_table)  # fail fast on a bad price table
+    config = CacheConfig(
+        threshold=settings.threshold,
+        default_ttl_s=settings.default_ttl_s,
+        max_question_chars=settings.max_question_chars,
+        max_answer_chars=settings.max_answer_chars,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        model = embedder
+        if model is None:
+            model = await anyio.to_thread.run_sync(SentenceTransformerEmbedder, settings.model_path)
+        kwargs = {"clock": clock} if clock is not None else {}
+        cache = await anyio.to_thread.run_sync(
+            lambda: SemanticCache(
+                Path(settings.data_dir), model, prices=prices, config=config, **kwargs
+            )
+        )
+        app.state.cache = cache
+        tasks = [
+            asyncio.create_task(_every(settings.flush_interval_s, cache.flush, "flush")),
+            asyncio.create_task(_every(settings.purge_interval_s, cache.purge, "purge")),
+        ]
+        log.info("semcache ready (data in %s)", settings.data_dir)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            app.state.cache = None
+            await anyio.to_thread.run_sync(cache.close)
+            log.info("semcache stopped; index and counters saved")
+
+    return Litestar(
+        route_handlers=[CacheController, AdminController, healthz, readyz],
+        dependencies=DEPENDENCIES,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=[lifespan],
+        state=State({"settings": settings, "cache": None}),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="semcache",
+            version="0.1.0",
+            description="A semantic response cache for the Claude API.",
+            path="/schema",
+        ),
+    )

@@ -1,0 +1,101 @@
+"""The one mapping from errors to RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from cache import (
+    InvalidInput,
+    NotFound,
+    SemcacheError,
+    Unauthorized,
+    Unavailable,
+    VersionConflict,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_OF: dict[type[SemcacheError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    VersionConflict: 409,
+    Unavailable: 503,
+}
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def semcache_error(request: Request[Any, Any, Any], exc: SemcacheError) -> Response[Any]:
+    status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 500)
+    headers = {"www-authenticate": 'Bearer realm="semcache-admin"'} if status == 401 else None
+    return problem(request, status, exc.title, exc.detail, headers=headers)
+
+
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [e for e in exc.extra if isinstance(e, dict)]
+        messages = [
+            f"{e.get('message')}" + (f" (at {e['key']})" if e.get("key") else "") for e in errors
+        ]
+        detail = "; ".join(messages) or exc.detail
+        return problem(request, exc.status_code, "Invalid request", detail, errors=errors)
+    return problem(
+        request,
+        exc.status_code,
+        _title(exc.status_code),
+        exc.detail or _title(exc.status_code),
+        headers=exc.headers,
+    )
+
+
+def unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(
+        request,
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "Internal server error",
+        "The server failed to handle this request; it has been logged.",
+    )
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    SemcacheError: semcache_error,
+    HTTPException: http_error,
+    Exception: unexpected_error,
+}

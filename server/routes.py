@@ -1,0 +1,171 @@
+"""HTTP handlers. Thin: they translate wire types and call the cache."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+
+from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
+
+from .schemas import (
+    EntryCreated,
+    EntryOut,
+    EntryRequest,
+    Health,
+    LookupHit,
+    LookupMiss,
+    LookupRequest,
+    Namespace,
+    PurgeOut,
+    StatsOut,
+    VersionChanged,
+    VersionOut,
+    VersionRequest,
+    _time,
+    lookup_response,
+)
+from .settings import Settings
+
+EntryId = Annotated[str, Parameter(description="16 hex digits, as returned by POST /v1/entries")]
+NamespacePath = Annotated[str, Parameter(pattern=Namespace.__metadata__[0].pattern)]
+
+
+def provide_cache(state: State) -> SemanticCache:
+    cache: SemanticCache | None = state.get("cache")
+    if cache is None:
+        raise Unavailable("the cache is still starting (loading the embedding model)")
+    return cache
+
+
+def provide_settings(state: State) -> Settings:
+    settings: Settings = state.settings
+    return settings
+
+
+DEPENDENCIES = {
+    "cache": Provide(provide_cache, sync_to_thread=False),
+    "settings": Provide(provide_settings, sync_to_thread=False),
+}
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    token: str | None = connection.app.state.settings.admin_token
+    if token is None:
+        return
+    scheme, _sep, given = connection.headers.get("authorization", "").partition(" ")
+    # compare_digest on bytes: constant time whatever the length or content of `given`.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized("admin endpoints need 'Authorization: Bearer <SEMCACHE_ADMIN_TOKEN>'")
+
+
+class CacheController(Controller):
+    path = "/v1"
+    tags = ("cache",)
+
+    @post("/lookup", status_code=HTTP_200_OK, sync_to_thread=True)
+    def lookup(self, data: LookupRequest, cache: SemanticCache) -> LookupHit | LookupMiss:
+        """Find a stored answer for a question: exact match first, then semantic."""
+        return lookup_response(cache.lookup(data.question, data.namespace, data.threshold))
+
+    @post("/entries", status_code=HTTP_201_CREATED, sync_to_thread=True)
+    def create_entry(self, data: EntryRequest, cache: SemanticCache) -> EntryCreated:
+        """Store an answer (after your own Claude call on a miss) with its token usage."""
+        usage = Usage(
+            input_tokens=data.usage.input_tokens,
+            output_tokens=data.usage.output_tokens,
+            cache_creation_input_tokens=data.usage.cache_creation_input_tokens or 0,
+            cache_read_input_tokens=data.usage.cache_read_input_tokens or 0,
+        )
+        entry = cache.put(
+            data.question,
+            data.answer,
+            namespace=data.namespace,
+            model=data.model,
+            usage=usage,
+            ttl_s=data.ttl_s,
+        )
+        return EntryCreated(
+            entry_id=entry.id,
+            namespace=entry.namespace,
+            catalog_version=entry.catalog_version,
+            expires_at=_time(entry.expires_at),
+            cost_usd=entry.cost_usd,
+        )
+
+    @get("/entries/{entry_id:str}", sync_to_thread=True)
+    def get_entry(self, entry_id: EntryId, cache: SemanticCache) -> EntryOut:
+        """A servable entry (live, current catalog version) by id."""
+        return EntryOut.of(cache.get(entry_id))
+
+    @delete("/entries/{entry_id:str}", status_code=HTTP_200_OK, sync_to_thread=True)
+    def delete_entry(self, entry_id: EntryId, cache: SemanticCache) -> EntryOut:
+        """Delete an entry; returns what was deleted."""
+        return EntryOut.of(cache.delete(entry_id))
+
+    @get("/stats", sync_to_thread=True)
+    def stats(self, cache: SemanticCache) -> StatsOut:
+        """Lookups, hits, misses, entries and savings, in total and per namespace."""
+        total, rows = cache.stats()
+        return StatsOut(**msgspec.structs.asdict(total), namespaces=rows)
+
+
+class AdminController(Controller):
+    path = "/admin"
+    tags = ("admin",)
+    guards = (admin_guard,)
+
+    @get("/namespaces/{namespace:str}/version", sync_to_thread=False)
+    def get_version(self, namespace: NamespacePath, cache: SemanticCache) -> VersionOut:
+        """The current catalog version of a namespace (1 until bumped)."""
+        return VersionOut(namespace=namespace, catalog_version=cache.version(namespace))
+
+    @post("/namespaces/{namespace:str}/version", status_code=HTTP_200_OK)
+    async def set_version(
+        self, namespace: NamespacePath, request: Request[Any, Any, Any], cache: SemanticCache
+    ) -> VersionChanged:
+        """Move to a new catalog version (body `{"version": N}`, or none for +1).
+
+        Every entry of an older version stops being served as soon as this returns.
+        """
+        body = await request.body()
+        target: int | None = None
+        if body.strip():
+            try:
+                target = msgspec.json.decode(body, type=VersionRequest).version
+            except msgspec.DecodeError as exc:
+                raise InvalidInput(
+                    f'body must be {{"version": <int >= 1>}} or empty: {exc}'
+                ) from exc
+        version, invalidated = await anyio.to_thread.run_sync(cache.set_version, namespace, target)
+        return VersionChanged(
+            namespace=namespace, catalog_version=version, invalidated_entries=invalidated
+        )
+
+    @post("/purge", status_code=HTTP_200_OK, sync_to_thread=True)
+    def purge(self, cache: SemanticCache) -> PurgeOut:
+        """Reclaim expired and invalidated entries now instead of at the next periodic purge."""
+        return PurgeOut(purged_entries=cache.purge())
+
+
+@get("/healthz", tags=["health"], sync_to_thread=False)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@get("/readyz", tags=["health"], sync_to_thread=False)
+def readyz(cache: SemanticCache) -> Health:
+    """The embedding model is loaded and the store is open (503 until then)."""
+    return Health(status="ready", embedder=cache.embedder_name)

