@@ -283,7 +283,6 @@ class SemanticCache:
         """Totals over every namespace, and one row per namespace."""
         now = self._clock()
         raw = self.counters.snapshot()
-        self.counters.dirty = True  # a snapshot for reading must not skip the next flush
         names = sorted(set(raw) | set(self._versions) | {ns for ns, _ in self._groups})
         rows: dict[str, NamespaceStats] = {}
         total: dict[str, float] = {}
@@ -448,7 +447,7 @@ class SemanticCache:
                 if group.dirty:
                     group.save(self._index_path(key))
         if self.counters.dirty:
-            self._store.save_stats(self.counters.snapshot())
+            self._store.save_stats(self.counters.snapshot(for_flush=True))
 
     def close(self) -> None:
         self.flush()

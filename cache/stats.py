@@ -84,14 +84,12 @@ class Counters:
             values["saved_cache_read_input_tokens"] += usage.cache_read_input_tokens
             self.dirty = True
 
-    def snapshot(self) -> dict[str, dict[str, float]]:
+    def snapshot(self, *, for_flush: bool = False) -> dict[str, dict[str, float]]:
+        """A copy of every counter; `for_flush` marks them as saved."""
         with self._lock:
-            self.dirty = False
+            if for_flush:
+                self.dirty = False
             return {ns: dict(values) for ns, values in self._data.items()}
-
-    def namespaces(self) -> list[str]:
-        with self._lock:
-            return list(self._data)
 
 
 def summarise(

@@ -82,6 +82,8 @@ def create_app(
         lifespan=[lifespan],
         state=State({"settings": settings, "cache": None}),
         request_max_body_size=settings.max_body_bytes,
+        # Logging is configured once by the process (the CLI), not by the framework.
+        logging_config=None,
         openapi_config=OpenAPIConfig(
             title="semcache",
             version="0.1.0",

@@ -179,6 +179,6 @@ class StatsOut(NamespaceStats, kw_only=True):
     namespaces: dict[str, NamespaceStats]
 
 
-class Health(msgspec.Struct, kw_only=True):
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
     embedder: str | None = None

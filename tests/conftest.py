@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Set before anything imports huggingface_hub: no test may try to reach a model hub.
@@ -35,22 +36,21 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_cache(
-    tmp_path: Path, embedder: HashingEmbedder, clock: FakeClock
-) -> Iterator[object]:
+def make_cache(tmp_path: Path, embedder: HashingEmbedder, clock: FakeClock) -> Iterator[object]:
     """Open caches on tmp_path (several opens = restarts); all are closed at the end."""
     opened: list[SemanticCache] = []
 
     def factory(**config: object) -> SemanticCache:
         cache = SemanticCache(
-            tmp_path / "data", embedder, config=CacheConfig(**config), clock=clock  # type: ignore[arg-type]
+            tmp_path / "data",
+            embedder,
+            config=CacheConfig(**config),
+            clock=clock,  # type: ignore[arg-type]
         )
         opened.append(cache)
         return cache
 
     yield factory
     for cache in opened:
-        try:
+        with contextlib.suppress(Exception):  # some tests close (or crash) caches themselves
             cache.close()
-        except Exception:
-            pass
