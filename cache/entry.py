@@ -41,6 +41,10 @@ class Entry(msgspec.Struct, kw_only=True):
     expires_at: float | None
     hit_count: int = 0
     last_hit_at: float | None = None
+    scope: str = ""
+    """Hash of the request parameters that must match exactly (model, system prompt, ...)."""
+    context: str | None = None
+    """The previous user turn this question followed, if any (part of the key)."""
 
     def is_live(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -49,14 +53,26 @@ class Entry(msgspec.Struct, kw_only=True):
 _ID_MASK = (1 << 63) - 1
 
 
-def entry_int_id(namespace: str, version: int, normalized_question: str) -> int:
-    """The deterministic id of a (namespace, version, question) slot, as a faiss-friendly int63.
+MAX_TOKENS_FIELD = 2**53 - 1  # the largest integer JSON clients agree on
+
+
+def key_text(normalized_question: str, normalized_context: str | None) -> str:
+    """What is matched (exactly, and embedded): the question, after its context if any."""
+    return (
+        normalized_question
+        if not normalized_context
+        else f"{normalized_context}\n{normalized_question}"
+    )
+
+
+def entry_int_id(namespace: str, version: int, scope: str, text: str) -> int:
+    """The deterministic id of a (namespace, version, scope, key text) slot, as an int63.
 
     Deterministic ids make a repeated write of the same question an overwrite rather than a
     duplicate, and let the exact path find an entry without any index: hash, then one read.
     """
     digest = hashlib.blake2b(
-        f"{namespace}\x00{version}\x00{normalized_question}".encode(), digest_size=8
+        f"{namespace}\x00{version}\x00{scope}\x00{text}".encode(), digest_size=8
     ).digest()
     return int.from_bytes(digest, "big") & _ID_MASK
 

@@ -8,7 +8,8 @@ import unicodedata
 
 from .errors import InvalidInput
 
-NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+# The lookahead keeps `$` from accepting a trailing newline (Python and JS regex alike).
+NAMESPACE_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}(?!\n)$"
 _NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -17,10 +19,24 @@ import numpy as np
 
 from embeddings import Embedder
 
-from .entry import Entry, Usage, entry_int_id, format_entry_id, parse_entry_id
+from .entry import (
+    MAX_TOKENS_FIELD,
+    Entry,
+    Usage,
+    entry_int_id,
+    format_entry_id,
+    key_text,
+    parse_entry_id,
+)
 from .errors import InvalidInput, NotFound, Unavailable, VersionConflict
 from .index import GroupIndex
-from .normalize import validate_namespace, validate_question, validate_threshold
+from .ledger import Ledger, LedgerRow, UsageLine
+from .normalize import (
+    normalize_question,
+    validate_namespace,
+    validate_question,
+    validate_threshold,
+)
 from .pricing import PriceTable
 from .stats import Counters, NamespaceStats, summarise
 from .store import EntryStore
@@ -28,7 +44,10 @@ from .store import EntryStore
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+GroupKey = tuple[str, int, str]  # namespace, catalog version, scope
 _REEMBED_BATCH = 256
+MAX_TTL_S = 100 * 365 * 86_400.0
+MAX_VERSION = 2**53 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +81,8 @@ class SemanticCache:
     """A namespaced, versioned semantic cache over diskcache and faiss.
 
     Thread-safe: lookups run concurrently; writes, deletes and version changes are serialised.
+    A *scope* is a further hard partition inside a namespace (a hash of request parameters
+    that must match exactly); a *context* is the previous user turn, matched with the question.
     """
 
     def __init__(
@@ -76,7 +97,7 @@ class SemanticCache:
         self.config = config or CacheConfig()
         validate_threshold(self.config.threshold)
         self._embedder = embedder
-        self._prices = prices or PriceTable.load()
+        self.prices = prices or PriceTable.load()
         self._clock = clock
         self._dir = Path(directory)
         self._index_dir = self._dir / "index"
@@ -84,13 +105,24 @@ class SemanticCache:
         # Single queries on a small index are slower with OpenMP threads than without.
         faiss.omp_set_num_threads(1)
         self._store = EntryStore(self._dir / "store")
+        self.ledger = Ledger(self._dir / "ledger.sqlite3")
         self._versions: dict[str, int] = self._store.versions()
-        self._groups: dict[tuple[str, int], GroupIndex] = {}
-        self._stale_groups: set[tuple[str, int]] = set()
+        self._groups: dict[GroupKey, GroupIndex] = {}
+        self._stale_groups: set[GroupKey] = set()
         self._hits_pending: dict[int, tuple[int, float]] = {}
         self._hits_lock = threading.Lock()
         self.counters = Counters(self._store.load_stats())
         self._load_groups()
+
+    @staticmethod
+    def scope_of(parameters: dict[str, Any]) -> str:
+        """A short stable hash of request parameters that must match exactly."""
+        canonical = msgspec.json.encode(parameters, order="deterministic")
+        return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+    @property
+    def embedder_name(self) -> str:
+        return self._embedder.name
 
     # start-up ------------------------------------------------------------------------------
 
@@ -99,9 +131,9 @@ class SemanticCache:
 
     def _load_groups(self) -> None:
         """Rebuild in-memory state from the store, the source of truth; reuse saved indexes."""
-        members: dict[tuple[str, int], dict[int, Entry]] = {}
+        members: dict[GroupKey, dict[int, Entry]] = {}
         for int_id, entry in self._store.iter_entries():
-            key = (entry.namespace, entry.catalog_version)
+            key = (entry.namespace, entry.catalog_version, entry.scope)
             if entry.catalog_version < self.version(entry.namespace):
                 self._stale_groups.add(key)
                 continue
@@ -116,10 +148,12 @@ class SemanticCache:
             self._groups[key] = group
         self._store.set_embedder_id(self._embedder_id())
 
-    def _index_path(self, key: tuple[str, int]) -> Path:
-        return self._index_dir / f"{key[0]}@{key[1]}.faiss"
+    def _index_path(self, key: GroupKey) -> Path:
+        namespace, version, scope = key
+        suffix = f".{scope}" if scope else ""
+        return self._index_dir / f"{namespace}@{version}{suffix}.faiss"
 
-    def _load_saved_index(self, key: tuple[str, int], expected: set[int]) -> GroupIndex | None:
+    def _load_saved_index(self, key: GroupKey, expected: set[int]) -> GroupIndex | None:
         path = self._index_path(key)
         if not path.exists():
             log.info("index %s missing: rebuilding from the store", path.name)
@@ -151,7 +185,8 @@ class SemanticCache:
         # Vectors of another model (or lost ones) are recomputed and stored again.
         for start in range(0, len(missing), _REEMBED_BATCH):
             batch = missing[start : start + _REEMBED_BATCH]
-            matrix = self._embedder.embed([entries[i].normalized_question for i in batch])
+            texts = [key_text(entries[i].normalized_question, entries[i].context) for i in batch]
+            matrix = self._embedder.embed(texts)
             for int_id, vector in zip(batch, matrix, strict=True):
                 self._store.put_entry(entries[int_id], int_id, vector)
             group.add(batch, matrix, [entries[i].expires_at for i in batch])
@@ -160,16 +195,24 @@ class SemanticCache:
 
     # reads ---------------------------------------------------------------------------------
 
-    @property
-    def embedder_name(self) -> str:
-        return self._embedder.name
-
     def version(self, namespace: str) -> int:
-        """Current catalog version of `namespace` (1 until first bumped)."""
+        """Current catalog version of `namespace` (1 until first bumped); no validation."""
         return self._versions.get(namespace, 1)
 
+    def catalog_version(self, namespace: str) -> int:
+        """Current catalog version of a namespace whose name is validated first."""
+        return self.version(validate_namespace(namespace))
+
     def lookup(
-        self, question: str, namespace: str = "default", threshold: float | None = None
+        self,
+        question: str,
+        namespace: str = "default",
+        threshold: float | None = None,
+        *,
+        scope: str = "",
+        context: str | None = None,
+        endpoint: str = "default",
+        source: str = "lookup",
     ) -> LookupResult:
         """Find a servable answer for `question`: exact first, then the nearest neighbour.
 
@@ -178,45 +221,57 @@ class SemanticCache:
         namespace = validate_namespace(namespace)
         normalized = validate_question(question, self.config.max_question_chars)
         threshold = self.config.threshold if threshold is None else validate_threshold(threshold)
+        text = key_text(normalized, normalize_question(context) if context else None)
         version = self.version(namespace)
         lookup_id = uuid.uuid4().hex
         miss = LookupResult(
             hit=False, lookup_id=lookup_id, namespace=namespace, catalog_version=version
         )
         try:
-            result = self._find(normalized, namespace, version, threshold, lookup_id)
+            result = self._find(text, (namespace, version, scope), threshold, lookup_id)
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
-            self.counters.add(namespace, "lookup_errors")
-            self.counters.add(namespace, "lookups")
-            self.counters.add(namespace, "misses")
+            self.counters.record_lookup(namespace, "misses", error=True)
             return miss
-        if result is None or not result.hit:
-            self.counters.add(namespace, "lookups")
-            self.counters.add(namespace, "misses")
+        if result is None or not result.hit or result.entry is None:
+            self.counters.record_lookup(namespace, "misses")
             if result is not None:
                 miss.nearest_similarity = result.nearest_similarity
             return miss
-        assert result.entry is not None
-        self.counters.record_hit(
-            namespace, result.match == "exact", result.entry.usage, result.entry.cost_usd
+        entry = result.entry
+        self.counters.record_lookup(
+            namespace, "exact_hits" if result.match == "exact" else "semantic_hits"
         )
-        self._note_hit(result.entry)
+        self.ledger.record(
+            LedgerRow(
+                kind="hit",
+                source=source,
+                namespace=namespace,
+                endpoint=endpoint,
+                model=entry.model,
+                usage=entry.usage,
+                cost_usd=entry.cost_usd,
+                reason=result.match,
+                entry_id=entry.id,
+                ts=self._clock(),
+            )
+        )
+        self._note_hit(entry)
         return result
 
     def _find(
-        self, normalized: str, namespace: str, version: int, threshold: float, lookup_id: str
+        self, text: str, key: GroupKey, threshold: float, lookup_id: str
     ) -> LookupResult | None:
-        group = self._groups.get((namespace, version))
+        group = self._groups.get(key)
         now = self._clock()
         if group is None or len(group) == 0:
             return None
-        int_id = entry_int_id(namespace, version, normalized)
+        int_id = entry_int_id(*key, text)
         if group.is_live(int_id, now):
             entry = self._store.get_entry(int_id)
             if entry is not None:
                 return self._hit(entry, "exact", 1.0, lookup_id)
-        vector = self._embedder.embed([normalized])[0]
+        vector = self._embedder.embed([text])[0]
         found = group.search(vector, now)
         if found is None:
             return None
@@ -228,8 +283,8 @@ class SemanticCache:
         return LookupResult(
             hit=False,
             lookup_id=lookup_id,
-            namespace=namespace,
-            catalog_version=version,
+            namespace=key[0],
+            catalog_version=key[1],
             nearest_similarity=similarity,
         )
 
@@ -279,26 +334,55 @@ class SemanticCache:
             entry.last_hit_at = pending[1]
         return entry
 
+    def _live_entries(self, namespace: str, now: float) -> int:
+        version = self.version(namespace)
+        return sum(
+            group.live_count(now)
+            for (ns, ver, _), group in list(self._groups.items())
+            if ns == namespace and ver == version
+        )
+
     def stats(self) -> tuple[NamespaceStats, dict[str, NamespaceStats]]:
-        """Totals over every namespace, and one row per namespace."""
+        """Totals over every namespace, and one row per namespace. Savings come from the ledger."""
         now = self._clock()
         raw = self.counters.snapshot()
-        names = sorted(set(raw) | set(self._versions) | {ns for ns, _ in self._groups})
+        savings = self.ledger.report()
+        names = sorted(set(raw) | set(self._versions) | {key[0] for key in self._groups})
         rows: dict[str, NamespaceStats] = {}
         total: dict[str, float] = {}
         total_entries = 0
         for namespace in names:
-            version = self.version(namespace)
-            group = self._groups.get((namespace, version))
-            entries = group.live_count(now) if group is not None else 0
+            entries = self._live_entries(namespace, now)
             values = raw.get(namespace, {})
-            rows[namespace] = summarise(values, entries, version)
+            saved = savings.namespaces.get(namespace, UsageLine())
+            rows[namespace] = summarise(values, entries, self.version(namespace), saved)
             total_entries += entries
             for name, value in values.items():
                 total[name] = total.get(name, 0.0) + value
-        return summarise(total, total_entries, None), rows
+        return summarise(total, total_entries, None, savings.totals), rows
 
     # writes --------------------------------------------------------------------------------
+
+    def _check_write(
+        self, answer: str, model: str, usage: Usage, ttl_s: float | None
+    ) -> float | None:
+        if not isinstance(answer, str) or not answer.strip():
+            raise InvalidInput("answer must be a non-empty string")
+        if len(answer) > self.config.max_answer_chars:
+            raise InvalidInput(
+                f"answer is {len(answer)} characters long; the limit is "
+                f"{self.config.max_answer_chars}"
+            )
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidInput("model must be a non-empty string")
+        counts = msgspec.structs.astuple(usage)
+        if any(not 0 <= count <= MAX_TOKENS_FIELD for count in counts):
+            raise InvalidInput(f"token counts must be between 0 and {MAX_TOKENS_FIELD}")
+        if ttl_s is not None and not (math.isfinite(ttl_s) and 0 < ttl_s <= MAX_TTL_S):
+            raise InvalidInput(
+                f"ttl_s must be a positive number of seconds, at most {MAX_TTL_S:.0f}"
+            )
+        return ttl_s if ttl_s is not None else self.config.default_ttl_s
 
     def put(
         self,
@@ -309,36 +393,30 @@ class SemanticCache:
         model: str,
         usage: Usage,
         ttl_s: float | None = None,
+        scope: str = "",
+        context: str | None = None,
     ) -> Entry:
         """Store an answer under the namespace's current catalog version.
 
-        Returns once the entry is durable. The same normalised question in the same namespace
-        and version overwrites the earlier entry.
+        Returns once the entry is durable. The same normalised question (and context) in the
+        same namespace, scope and version overwrites the earlier entry.
         """
         namespace = validate_namespace(namespace)
         normalized = validate_question(question, self.config.max_question_chars)
-        if not isinstance(answer, str) or not answer.strip():
-            raise InvalidInput("answer must be a non-empty string")
-        if len(answer) > self.config.max_answer_chars:
-            raise InvalidInput(
-                f"answer is {len(answer)} characters long; the limit is "
-                f"{self.config.max_answer_chars}"
-            )
-        if not model.strip():
-            raise InvalidInput("model must be a non-empty string")
-        if ttl_s is not None and not ttl_s > 0:
-            raise InvalidInput("ttl_s must be a positive number of seconds")
-        ttl = ttl_s if ttl_s is not None else self.config.default_ttl_s
+        normalized_context = normalize_question(context) if context else None
+        ttl = self._check_write(answer, model, usage, ttl_s)
+        text = key_text(normalized, normalized_context)
         try:
-            vector = self._embedder.embed([normalized])[0]
+            vector = self._embedder.embed([text])[0]
         except Exception as exc:
             self.counters.add(namespace, "write_errors")
             log.exception("embedding failed: entry not stored")
             raise Unavailable("the embedding model failed; the entry was not stored") from exc
-        cost = self._prices.cost(model, usage)
+        cost = self.prices.cost(model, usage)
         with self._write_lock:
             version = self.version(namespace)
-            int_id = entry_int_id(namespace, version, normalized)
+            key = (namespace, version, scope)
+            int_id = entry_int_id(*key, text)
             now = self._clock()
             entry = Entry(
                 id=format_entry_id(int_id),
@@ -352,6 +430,8 @@ class SemanticCache:
                 cost_usd=cost,
                 created_at=now,
                 expires_at=None if ttl is None else now + ttl,
+                scope=scope,
+                context=normalized_context,
             )
             try:
                 self._store.put_entry(entry, int_id, vector)
@@ -359,7 +439,6 @@ class SemanticCache:
                 self.counters.add(namespace, "write_errors")
                 log.exception("store write failed: entry not stored")
                 raise Unavailable("the store could not write the entry; it was not stored") from exc
-            key = (namespace, version)
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = GroupIndex(self._embedder.dim)
@@ -377,7 +456,7 @@ class SemanticCache:
             if entry is None or int_id is None:
                 raise NotFound(f"no entry with id {entry_id!r}")
             self._store.delete_entry(int_id)
-            group = self._groups.get((entry.namespace, entry.catalog_version))
+            group = self._groups.get((entry.namespace, entry.catalog_version, entry.scope))
             if group is not None:
                 group.remove([int_id])
             with self._hits_lock:
@@ -397,17 +476,21 @@ class SemanticCache:
         with self._write_lock:
             current = self.version(namespace)
             target = current + 1 if version is None else version
+            if target > MAX_VERSION:
+                raise InvalidInput(f"version must be at most {MAX_VERSION}")
             if target <= current:
                 raise VersionConflict(
                     f"namespace {namespace!r} is at version {current}; a new version must be "
                     f"greater, got {target}"
                 )
-            group = self._groups.get((namespace, current))
-            invalidated = group.live_count(self._clock()) if group is not None else 0
+            now = self._clock()
+            current_groups = [
+                key for key in self._groups if key[0] == namespace and key[1] == current
+            ]
+            invalidated = sum(self._groups[key].live_count(now) for key in current_groups)
             self._store.set_version(namespace, target)
             self._versions[namespace] = target
-            if group is not None:
-                self._stale_groups.add((namespace, current))
+            self._stale_groups.update(current_groups)
         log.info("namespace %s moved to catalog version %d", namespace, target)
         return target, invalidated
 
@@ -417,7 +500,7 @@ class SemanticCache:
         now = self._clock()
         with self._write_lock:
             for key in list(self._stale_groups):
-                removed += self._store.evict_group(*key)
+                removed += self._store.evict_group(key[0], key[1])
                 self._groups.pop(key, None)
                 self._index_path(key).unlink(missing_ok=True)
                 self._stale_groups.discard(key)
@@ -433,7 +516,7 @@ class SemanticCache:
     # persistence ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Persist counters, hit counts and changed indexes. Safe to call at any time."""
+        """Persist counters, hit counts, the ledger and changed indexes. Safe at any time."""
         with self._hits_lock:
             pending, self._hits_pending = self._hits_pending, {}
         with self._write_lock:
@@ -448,7 +531,9 @@ class SemanticCache:
                     group.save(self._index_path(key))
         if self.counters.dirty:
             self._store.save_stats(self.counters.snapshot(for_flush=True))
+        self.ledger.flush()
 
     def close(self) -> None:
         self.flush()
+        self.ledger.close()
         self._store.close()

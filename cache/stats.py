@@ -1,4 +1,4 @@
-"""Per-namespace counters of lookups, hits and savings, kept in memory and flushed to the store.
+"""Per-namespace counters of lookups and hits, kept in memory and flushed to the store.
 
 Counting in memory and flushing every few seconds keeps the lookup path free of disk writes
 (GPTCache writes to SQLite on every lookup); a crash loses at most one flush interval of
@@ -11,7 +11,7 @@ import threading
 
 import msgspec
 
-from .entry import Usage
+from .ledger import UsageLine
 
 COUNTERS = (
     "lookups",
@@ -21,11 +21,6 @@ COUNTERS = (
     "lookup_errors",
     "writes",
     "write_errors",
-    "saved_usd",
-    "saved_input_tokens",
-    "saved_output_tokens",
-    "saved_cache_creation_input_tokens",
-    "saved_cache_read_input_tokens",
 )
 
 
@@ -72,16 +67,14 @@ class Counters:
             self._ns(namespace)[name] += amount
             self.dirty = True
 
-    def record_hit(self, namespace: str, exact: bool, usage: Usage, cost: float | None) -> None:
+    def record_lookup(self, namespace: str, outcome: str, error: bool = False) -> None:
+        """Count one lookup whose outcome is 'exact_hits', 'semantic_hits' or 'misses'."""
         with self._lock:
             values = self._ns(namespace)
             values["lookups"] += 1
-            values["exact_hits" if exact else "semantic_hits"] += 1
-            values["saved_usd"] += cost or 0.0
-            values["saved_input_tokens"] += usage.input_tokens
-            values["saved_output_tokens"] += usage.output_tokens
-            values["saved_cache_creation_input_tokens"] += usage.cache_creation_input_tokens
-            values["saved_cache_read_input_tokens"] += usage.cache_read_input_tokens
+            values[outcome] += 1
+            if error:
+                values["lookup_errors"] += 1
             self.dirty = True
 
     def snapshot(self, *, for_flush: bool = False) -> dict[str, dict[str, float]]:
@@ -93,20 +86,11 @@ class Counters:
 
 
 def summarise(
-    values: dict[str, float], entries: int, catalog_version: int | None
+    values: dict[str, float], entries: int, catalog_version: int | None, savings: UsageLine
 ) -> NamespaceStats:
-    """Turn raw counters into the public shape (also used for the all-namespaces total)."""
+    """Turn raw counters and ledger savings into the public shape (also for the total)."""
     hits = int(values.get("exact_hits", 0) + values.get("semantic_hits", 0))
     lookups = int(values.get("lookups", 0))
-    tokens = {
-        name: int(values.get(name, 0))
-        for name in (
-            "saved_input_tokens",
-            "saved_output_tokens",
-            "saved_cache_creation_input_tokens",
-            "saved_cache_read_input_tokens",
-        )
-    }
     return NamespaceStats(
         lookups=lookups,
         hits=hits,
@@ -119,7 +103,10 @@ def summarise(
         write_errors=int(values.get("write_errors", 0)),
         entries=entries,
         catalog_version=catalog_version,
-        saved_tokens=sum(tokens.values()),
-        saved_usd=round(values.get("saved_usd", 0.0), 9),
-        **tokens,
+        saved_tokens=savings.saved_tokens,
+        saved_input_tokens=savings.saved_input_tokens,
+        saved_output_tokens=savings.saved_output_tokens,
+        saved_cache_creation_input_tokens=savings.saved_cache_creation_input_tokens,
+        saved_cache_read_input_tokens=savings.saved_cache_read_input_tokens,
+        saved_usd=round(savings.saved_usd, 9),
     )

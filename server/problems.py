@@ -61,6 +61,10 @@ def semcache_error(request: Request[Any, Any, Any], exc: SemcacheError) -> Respo
 def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
         errors = [e for e in exc.extra if isinstance(e, dict)]
+        for error in errors:
+            # Litestar reports a missing body as a KeyError text: "'data'".
+            if error.get("key") == "data" and error.get("message") == "'data'":
+                error["message"] = "the request body is missing; send a JSON object"
         messages = [
             f"{e.get('message')}" + (f" (at {e['key']})" if e.get("key") else "") for e in errors
         ]

@@ -10,9 +10,9 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
@@ -75,12 +75,17 @@ class CacheController(Controller):
     tags = ("cache",)
 
     @post("/lookup", status_code=HTTP_200_OK, sync_to_thread=True)
-    def lookup(self, data: LookupRequest, cache: SemanticCache) -> LookupHit | LookupMiss:
+    def lookup(
+        self, data: JSONBody[LookupRequest], cache: NamedDependency[SemanticCache]
+    ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
-        return lookup_response(cache.lookup(data.question, data.namespace, data.threshold))
+        result = cache.lookup(data.question, data.namespace, data.threshold, endpoint=data.endpoint)
+        return lookup_response(result)
 
     @post("/entries", status_code=HTTP_201_CREATED, sync_to_thread=True)
-    def create_entry(self, data: EntryRequest, cache: SemanticCache) -> EntryCreated:
+    def create_entry(
+        self, data: JSONBody[EntryRequest], cache: NamedDependency[SemanticCache]
+    ) -> EntryCreated:
         """Store an answer (after your own Claude call on a miss) with its token usage."""
         usage = Usage(
             input_tokens=data.usage.input_tokens,
@@ -105,17 +110,17 @@ class CacheController(Controller):
         )
 
     @get("/entries/{entry_id:str}", sync_to_thread=True)
-    def get_entry(self, entry_id: EntryId, cache: SemanticCache) -> EntryOut:
+    def get_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
         """A servable entry (live, current catalog version) by id."""
         return EntryOut.of(cache.get(entry_id))
 
     @delete("/entries/{entry_id:str}", status_code=HTTP_200_OK, sync_to_thread=True)
-    def delete_entry(self, entry_id: EntryId, cache: SemanticCache) -> EntryOut:
+    def delete_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
         """Delete an entry; returns what was deleted."""
         return EntryOut.of(cache.delete(entry_id))
 
     @get("/stats", sync_to_thread=True)
-    def stats(self, cache: SemanticCache) -> StatsOut:
+    def stats(self, cache: NamedDependency[SemanticCache]) -> StatsOut:
         """Lookups, hits, misses, entries and savings, in total and per namespace."""
         total, rows = cache.stats()
         return StatsOut(**msgspec.structs.asdict(total), namespaces=rows)
@@ -127,13 +132,18 @@ class AdminController(Controller):
     guards = (admin_guard,)
 
     @get("/namespaces/{namespace:str}/version", sync_to_thread=False)
-    def get_version(self, namespace: NamespacePath, cache: SemanticCache) -> VersionOut:
+    def get_version(
+        self, namespace: NamespacePath, cache: NamedDependency[SemanticCache]
+    ) -> VersionOut:
         """The current catalog version of a namespace (1 until bumped)."""
-        return VersionOut(namespace=namespace, catalog_version=cache.version(namespace))
+        return VersionOut(namespace=namespace, catalog_version=cache.catalog_version(namespace))
 
     @post("/namespaces/{namespace:str}/version", status_code=HTTP_200_OK)
     async def set_version(
-        self, namespace: NamespacePath, request: Request[Any, Any, Any], cache: SemanticCache
+        self,
+        namespace: NamespacePath,
+        request: Request[Any, Any, Any],
+        cache: NamedDependency[SemanticCache],
     ) -> VersionChanged:
         """Move to a new catalog version (body `{"version": N}`, or none for +1).
 
@@ -154,7 +164,7 @@ class AdminController(Controller):
         )
 
     @post("/purge", status_code=HTTP_200_OK, sync_to_thread=True)
-    def purge(self, cache: SemanticCache) -> PurgeOut:
+    def purge(self, cache: NamedDependency[SemanticCache]) -> PurgeOut:
         """Reclaim expired and invalidated entries now instead of at the next periodic purge."""
         return PurgeOut(purged_entries=cache.purge())
 
@@ -166,6 +176,6 @@ def healthz() -> Health:
 
 
 @get("/readyz", tags=["health"], sync_to_thread=False)
-def readyz(cache: SemanticCache) -> Health:
+def readyz(cache: NamedDependency[SemanticCache]) -> Health:
     """The embedding model is loaded and the store is open (503 until then)."""
     return Health(status="ready", embedder=cache.embedder_name)

@@ -9,6 +9,8 @@ import msgspec
 from msgspec import Meta
 
 from cache import NAMESPACE_PATTERN, Entry, LookupResult, NamespaceStats
+from cache.entry import MAX_TOKENS_FIELD
+from cache.semantic import MAX_TTL_S, MAX_VERSION
 
 Namespace = Annotated[
     str,
@@ -22,7 +24,14 @@ Question = Annotated[str, Meta(min_length=1, description="The user's question, a
 Threshold = Annotated[
     float, Meta(ge=0.0, le=1.0, description="Cosine similarity a semantic hit must reach.")
 ]
-TokenCount = Annotated[int, Meta(ge=0)]
+TokenCount = Annotated[int, Meta(ge=0, le=MAX_TOKENS_FIELD)]
+Endpoint = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}(?!\n)$",
+        description="A tag for the ledger: which feature of your app asked.",
+    ),
+]
 
 
 def _time(ts: float | None) -> datetime | None:
@@ -33,6 +42,7 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
     question: Question
     namespace: Namespace = "default"
     threshold: Threshold | None = None
+    endpoint: Endpoint = "default"
 
 
 class LookupHit(msgspec.Struct, kw_only=True):
@@ -98,9 +108,10 @@ class EntryRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: Annotated[str, Meta(min_length=1, max_length=200, examples=["claude-haiku-4-5"])]
     usage: UsageIn
     namespace: Namespace = "default"
-    ttl_s: Annotated[float, Meta(gt=0, description="Seconds until the entry expires.")] | None = (
-        None
-    )
+    ttl_s: (
+        Annotated[float, Meta(gt=0, le=MAX_TTL_S, description="Seconds until the entry expires.")]
+        | None
+    ) = None
 
 
 class EntryCreated(msgspec.Struct, kw_only=True):
@@ -160,7 +171,9 @@ class VersionOut(msgspec.Struct, kw_only=True):
 
 
 class VersionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    version: Annotated[int, Meta(ge=1, description="Version to set; must exceed the current one.")]
+    version: Annotated[
+        int, Meta(ge=1, le=MAX_VERSION, description="Version to set; must exceed the current one.")
+    ]
 
 
 class VersionChanged(msgspec.Struct, kw_only=True):

@@ -117,7 +117,7 @@ def test_purge_reclaims_invalidated_entries(make_cache: MakeCache) -> None:
     cache = make_cache()
     old_id = put(cache, "old question", namespace="shop")
     cache.flush()
-    index_file = Path(cache._index_path(("shop", 1)))
+    index_file = Path(cache._index_path(("shop", 1, "")))
     assert index_file.exists()
     cache.set_version("shop")
     assert cache.purge() == 1

@@ -81,7 +81,7 @@ def test_index_rebuilt_from_store(
     assert_all_served(second)
     second.flush()
     assert (
-        path.exists() and second._groups[("ns", 1)].index_ids() == second._groups[("ns", 1)].ids()
+        path.exists() and second._groups[("ns", 1, "")].index_ids() == second._groups[("ns", 1, "")].ids()
     )
 
 
