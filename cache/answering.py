@@ -118,6 +118,7 @@ class Answerer:
         endpoint_tiers: dict[str, str] | None = None,
         cache_truncated: bool = False,
         prompt_cache_min_chars: int | None = None,
+        history_window: dict[str, int] | None = None,
     ) -> None:
         if not tiers:
             raise InvalidInput("at least one tier must be configured")
@@ -131,6 +132,7 @@ class Answerer:
                 raise InvalidInput(f"endpoint {endpoint!r} defaults to unknown tier {name!r}")
         self.cache_truncated = cache_truncated
         self.prompt_cache_min_chars = prompt_cache_min_chars
+        self.history_window = dict(history_window or {})
         self._inflight: dict[tuple[str, str, str], asyncio.Future[AskResult]] = {}
 
     def tier_for_model(self, model: str) -> str | None:
@@ -152,6 +154,67 @@ class Answerer:
         if limit is not None and len(system) >= limit:
             return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         return system
+
+    async def prepare_proxy_body(
+        self, body: dict[str, Any], namespace: str, api_key: str | None
+    ) -> dict[str, Any]:
+        """Apply the optional cost policies to a proxied request before it goes upstream."""
+        prepared = dict(body)
+        system = prepared.get("system")
+        if isinstance(system, str):
+            prepared["system"] = self.system_param(system)
+        window = self.history_window.get(namespace)
+        messages = prepared.get("messages")
+        if window and isinstance(messages, list) and len(messages) > window:
+            prepared["messages"] = await self._summarise(messages, window, namespace, api_key)
+        return prepared
+
+    async def _summarise(
+        self, messages: list[Any], window: int, namespace: str, api_key: str | None
+    ) -> list[Any]:
+        """Keep the last `window` messages; replace older ones by a short summary (first tier).
+
+        Fails soft: if the summary cannot be made, the conversation goes up unchanged.
+        """
+        split = len(messages) - window
+        while split < len(messages) and not (
+            isinstance(messages[split], dict) and messages[split].get("role") == "user"
+        ):
+            split += 1  # the kept part must start with a user turn
+        if split <= 0 or split >= len(messages):
+            return messages
+        lines = []
+        for message in messages[:split]:
+            if isinstance(message, dict):
+                content = message.get("content")
+                text = content if isinstance(content, str) else system_text(content)
+                lines.append(f"{message.get('role')}: {text}")
+        tier = self.tiers[0]
+        prompt = (
+            "Summarise this conversation in at most five sentences. Keep every fact, name, "
+            "number and decision.\n\n" + "\n".join(lines)
+        )
+        started = time.perf_counter()
+        try:
+            reply = await self.client.create(
+                model=tier.model,
+                max_tokens=300,
+                messages=[{"role": "user", "content": prompt}],
+                api_key=api_key,
+            )
+        except UpstreamError:
+            log.warning("history summary failed; sending the whole conversation")
+            return messages
+        cost = self.cache.prices.cost(reply.model, reply.usage)
+        self._record_call(
+            namespace, "history-summary", tier, reply.model, reply.usage, cost, started,
+            reply.stop_reason, "history window", 300, "",
+        )  # fmt: skip
+        summary = [
+            {"role": "user", "content": f"Summary of our earlier conversation: {reply.text}"},
+            {"role": "assistant", "content": "Understood."},
+        ]
+        return summary + list(messages[split:])
 
     async def ask(
         self,

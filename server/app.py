@@ -14,11 +14,14 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from cache import CacheConfig, PriceTable, SemanticCache
+from cache.answering import Answerer
 from embeddings import Embedder, SentenceTransformerEmbedder
 
 from .problems import EXCEPTION_HANDLERS
+from .proxy import Proxy, messages
 from .routes import DEPENDENCIES, AdminController, CacheController, healthz, readyz
 from .settings import Settings
+from .upstream import AnthropicModelClient
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +40,11 @@ def create_app(
     settings: Settings,
     *,
     embedder: Embedder | None = None,
+    model_client: AnthropicModelClient | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Litestar:
-    """Build the server. `embedder` and `clock` are injectable so tests need not patch globals."""
+    """Build the server. The embedder, the model client and the clock are injectable, so
+    tests hand in their own instead of patching globals."""
     prices = PriceTable.load(settings.price_table)  # fail fast on a bad price table
     config = CacheConfig(
         threshold=settings.threshold,
@@ -59,7 +64,26 @@ def create_app(
                 Path(settings.data_dir), model, prices=prices, config=config, **kwargs
             )
         )
+        client = model_client or AnthropicModelClient(
+            api_key=settings.anthropic_api_key,
+            base_url=settings.anthropic_base_url,
+            timeout_s=settings.upstream_timeout_s,
+            max_retries=settings.upstream_max_retries,
+        )
+        answerer = Answerer(
+            cache,
+            client,
+            tiers=settings.tiers,
+            endpoint_tiers=settings.endpoint_tiers,
+            cache_truncated=settings.cache_truncated,
+            prompt_cache_min_chars=settings.prompt_cache_min_chars,
+            history_window=settings.history_window,
+        )
+        if not client.configured:
+            log.warning("no ANTHROPIC_API_KEY: lookups work; misses of /v1/ask answer 503")
         app.state.cache = cache
+        app.state.answerer = answerer
+        app.state.proxy = Proxy(cache, client, answerer, cache_truncated=settings.cache_truncated)
         tasks = [
             asyncio.create_task(_every(settings.flush_interval_s, cache.flush, "flush")),
             asyncio.create_task(_every(settings.purge_interval_s, cache.purge, "purge")),
@@ -71,16 +95,18 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            app.state.cache = None
+            app.state.cache = app.state.answerer = app.state.proxy = None
+            if model_client is None:
+                await client.aclose()
             await anyio.to_thread.run_sync(cache.close)
             log.info("semcache stopped; index and counters saved")
 
     return Litestar(
-        route_handlers=[CacheController, AdminController, healthz, readyz],
+        route_handlers=[CacheController, AdminController, healthz, readyz, messages],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State({"settings": settings, "cache": None}),
+        state=State({"settings": settings, "cache": None, "answerer": None, "proxy": None}),
         request_max_body_size=settings.max_body_bytes,
         # Logging is configured once by the process (the CLI), not by the framework.
         logging_config=None,

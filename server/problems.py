@@ -18,6 +18,7 @@ from cache import (
     Unavailable,
     VersionConflict,
 )
+from cache.upstream import UpstreamError, UpstreamNotConfigured
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,22 @@ def problem(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def upstream_status(exc: UpstreamError) -> int:
+    """502 for a bad upstream answer, 503 when it is overloaded or absent, 504 on timeout."""
+    if isinstance(exc, UpstreamNotConfigured) or exc.status in (429, 503, 529):
+        return 503
+    if exc.status in (408, 504):
+        return 504
+    return 502
+
+
 def semcache_error(request: Request[Any, Any, Any], exc: SemcacheError) -> Response[Any]:
+    if isinstance(exc, UpstreamError):
+        headers = {"retry-after": exc.retry_after} if exc.retry_after else None
+        extra = {"upstream_status": exc.status, "upstream_error_type": exc.error_type}
+        return problem(
+            request, upstream_status(exc), exc.title, exc.detail, headers=headers, **extra
+        )
     status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 500)
     headers = {"www-authenticate": 'Bearer realm="semcache-admin"'} if status == 401 else None
     return problem(request, status, exc.title, exc.detail, headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -16,8 +17,13 @@ from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
+from cache.answering import Answerer
+from cache.ledger import UsageReport
 
 from .schemas import (
+    AskRequest,
+    AskResponse,
+    AttemptOut,
     EntryCreated,
     EntryOut,
     EntryRequest,
@@ -33,11 +39,17 @@ from .schemas import (
     VersionRequest,
     _time,
     lookup_response,
+    usage_out,
 )
 from .settings import Settings
 
 EntryId = Annotated[str, Parameter(description="16 hex digits, as returned by POST /v1/entries")]
 NamespacePath = Annotated[str, Parameter(pattern=Namespace.__metadata__[0].pattern)]
+
+
+def _timestamp(moment: datetime) -> float:
+    """Unix seconds; a time without a zone is taken as UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def provide_cache(state: State) -> SemanticCache:
@@ -47,6 +59,13 @@ def provide_cache(state: State) -> SemanticCache:
     return cache
 
 
+def provide_answerer(state: State) -> Answerer:
+    answerer: Answerer | None = state.get("answerer")
+    if answerer is None:
+        raise Unavailable("the cache is still starting (loading the embedding model)")
+    return answerer
+
+
 def provide_settings(state: State) -> Settings:
     settings: Settings = state.settings
     return settings
@@ -54,6 +73,7 @@ def provide_settings(state: State) -> Settings:
 
 DEPENDENCIES = {
     "cache": Provide(provide_cache, sync_to_thread=False),
+    "answerer": Provide(provide_answerer, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
 }
 
@@ -118,6 +138,55 @@ class CacheController(Controller):
     def delete_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
         """Delete an entry; returns what was deleted."""
         return EntryOut.of(cache.delete(entry_id))
+
+    @post("/ask", status_code=HTTP_200_OK)
+    async def ask(
+        self, data: JSONBody[AskRequest], answerer: NamedDependency[Answerer]
+    ) -> AskResponse:
+        """Answer from the cache, else from the cheapest tier that serves; store the answer."""
+        result = await answerer.ask(
+            data.question,
+            namespace=data.namespace,
+            tier=data.tier,
+            system=data.system,
+            max_tokens=data.max_tokens,
+            endpoint=data.endpoint,
+            threshold=data.threshold,
+        )
+        return AskResponse(
+            answer=result.answer,
+            source=result.source,
+            model=result.model,
+            tier=result.tier,
+            usage=usage_out(result.usage),
+            cost_usd=result.cost_usd,
+            saved_usd=result.saved_usd,
+            entry_id=result.entry_id,
+            similarity=None if result.similarity is None else round(result.similarity, 6),
+            lookup_id=result.lookup_id,
+            match=result.match,
+            stored=result.stored,
+            reason=result.reason,
+            attempts=[AttemptOut(**msgspec.structs.asdict(a)) for a in result.attempts],
+            spent_usd=result.spent_usd,
+        )
+
+    @get("/usage", sync_to_thread=True)
+    def usage(
+        self,
+        cache: NamedDependency[SemanticCache],
+        since: Annotated[
+            datetime | None, Parameter(description="Start of the window (ISO 8601).")
+        ] = None,
+        until: Annotated[
+            datetime | None, Parameter(description="End of the window (ISO 8601).")
+        ] = None,
+    ) -> UsageReport:
+        """Upstream calls, hits, tokens, spend and savings per endpoint, per model, in total."""
+        return cache.ledger.report(
+            since=None if since is None else _timestamp(since),
+            until=None if until is None else _timestamp(until),
+        )
 
     @get("/stats", sync_to_thread=True)
     def stats(self, cache: NamedDependency[SemanticCache]) -> StatsOut:

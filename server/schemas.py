@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from cache import NAMESPACE_PATTERN, Entry, LookupResult, NamespaceStats
+from cache import NAMESPACE_PATTERN, Entry, LookupResult, NamespaceStats, Usage
 from cache.entry import MAX_TOKENS_FIELD
 from cache.semantic import MAX_TTL_S, MAX_VERSION
 
@@ -156,7 +156,7 @@ class EntryOut(msgspec.Struct, kw_only=True):
             normalized_question=entry.normalized_question,
             answer=entry.answer,
             model=entry.model,
-            usage=UsageOut(**msgspec.structs.asdict(entry.usage)),
+            usage=usage_out(entry.usage),
             cost_usd=entry.cost_usd,
             created_at=created,
             expires_at=_time(entry.expires_at),
@@ -195,3 +195,41 @@ class StatsOut(NamespaceStats, kw_only=True):
 class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
     status: str
     embedder: str | None = None
+
+
+class AskRequest(msgspec.Struct, forbid_unknown_fields=True):
+    question: Question
+    namespace: Namespace = "default"
+    tier: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    system: Annotated[str, Meta(min_length=1, max_length=100_000)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1, le=64_000)] | None = None
+    endpoint: Endpoint = "default"
+    threshold: Threshold | None = None
+
+
+class AttemptOut(msgspec.Struct, kw_only=True):
+    tier: str
+    model: str
+    outcome: str
+
+
+class AskResponse(msgspec.Struct, kw_only=True):
+    answer: str
+    source: Literal["cache", "model"]
+    model: str
+    tier: str | None
+    usage: UsageOut
+    cost_usd: float | None
+    saved_usd: float | None
+    entry_id: str | None
+    similarity: float | None
+    lookup_id: str
+    match: str | None
+    stored: bool
+    reason: str | None
+    attempts: list[AttemptOut]
+    spent_usd: float
+
+
+def usage_out(usage: Usage) -> UsageOut:
+    return UsageOut(**msgspec.structs.asdict(usage))

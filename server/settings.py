@@ -11,8 +11,12 @@ from typing import Any
 import msgspec
 
 from cache import InvalidInput
+from cache.answering import DEFAULT_TIERS, Tier
 
 ENV_PREFIX = "SEMCACHE_"
+SECRET_FIELDS = ("admin_token", "anthropic_api_key")
+# Structured settings given in the environment are JSON.
+_JSON_FIELDS = ("tiers", "endpoint_tiers", "history_window")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,11 +50,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """How often counters, hit counts and the vector index are written to disk."""
     log_level: str = "info"
     """Python logging level name."""
+    anthropic_api_key: str | None = None
+    """Key for calls made on misses; defaults to the SDK's own ANTHROPIC_API_KEY."""
+    anthropic_base_url: str | None = None
+    """Messages API base URL; defaults to the SDK's ANTHROPIC_BASE_URL, else Anthropic's."""
+    upstream_timeout_s: float = 60.0
+    """Timeout of one upstream call, in seconds."""
+    upstream_max_retries: int = 2
+    """Retries of the SDK on 408/409/429/5xx before a tier counts as failed."""
+    tiers: tuple[Tier, ...] = DEFAULT_TIERS
+    """Model tiers, cheapest first: `[[tiers]]` tables (name, model, max_tokens, escalate)."""
+    endpoint_tiers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Default tier per endpoint tag, e.g. {"checkout-help": "sonnet"}."""
+    cache_truncated: bool = False
+    """Also cache answers that stopped on max_tokens."""
+    prompt_cache_min_chars: int | None = None
+    """Mark system prompts at least this long with cache_control (prompt caching); unset: off."""
+    history_window: dict[str, int] = msgspec.field(default_factory=dict)
+    """Per namespace: keep the last N messages, summarise older ones with the first tier."""
 
     def __repr__(self) -> str:
         shown = {f: getattr(self, f) for f in self.__struct_fields__}
-        if shown["admin_token"] is not None:
-            shown["admin_token"] = "***"
+        for secret in SECRET_FIELDS:
+            if shown[secret] is not None:
+                shown[secret] = "***"
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
@@ -65,6 +88,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise InvalidInput(f"{name} must be positive")
         if self.purge_interval_s <= 0 or self.flush_interval_s <= 0:
             raise InvalidInput("purge_interval_s and flush_interval_s must be positive")
+        if not self.tiers:
+            raise InvalidInput("at least one tier must be configured")
+        names = [tier.name for tier in self.tiers]
+        if len(set(names)) != len(names):
+            raise InvalidInput(f"tier names must be unique, got {names}")
+        for endpoint, tier in self.endpoint_tiers.items():
+            if tier not in names:
+                raise InvalidInput(f"endpoint {endpoint!r} defaults to unknown tier {tier!r}")
+        if any(tier.max_tokens < 1 for tier in self.tiers):
+            raise InvalidInput("every tier needs max_tokens >= 1")
+        if any(n < 2 for n in self.history_window.values()):
+            raise InvalidInput("history_window values must be at least 2 messages")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -88,9 +123,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise InvalidInput(f"settings file {path} cannot be read: {exc}") from exc
         for name in cls.field_names():
             raw = env.get(ENV_PREFIX + name.upper())
-            if raw is not None:
-                # An empty value or "none" unsets an optional setting.
-                values[name] = None if raw.strip().lower() in ("", "none", "null") else raw
+            if raw is None:
+                continue
+            if raw.strip().lower() in ("", "none", "null"):
+                values[name] = None  # an empty value or "none" unsets an optional setting
+            elif name in _JSON_FIELDS:
+                try:
+                    values[name] = msgspec.json.decode(raw)
+                except msgspec.DecodeError as exc:
+                    raise InvalidInput(f"{ENV_PREFIX}{name.upper()} must be JSON: {exc}") from exc
+            else:
+                values[name] = raw
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         values = {k: v for k, v in values.items() if v is not None}
         try:

@@ -1,0 +1,400 @@
+"""`POST /v1/messages`: the Anthropic Messages API, answered from the cache when it can.
+
+An application switches by changing only the SDK's `base_url`. Bodies and errors are the
+Messages API's own, so the SDK parses hits and raises its usual exception classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import anyio
+import msgspec
+from litestar import Request, Response, post
+from litestar.datastructures import State
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
+
+from cache import InvalidInput, SemanticCache, SemcacheError, Usage
+from cache.answering import Answerer, estimate_tokens, system_text
+from cache.ledger import LedgerRow
+from cache.normalize import validate_namespace
+from cache.upstream import UpstreamError, UpstreamNotConfigured
+
+from .upstream import AnthropicModelClient, split_params, usage_of
+
+log = logging.getLogger(__name__)
+
+# Not part of the cache scope: how the answer is delivered, and who asked.
+_UNSCOPED = frozenset({"messages", "stream", "metadata"})
+_PASSED_HEADERS = (
+    "retry-after",
+    "request-id",
+    "x-should-retry",
+    "anthropic-ratelimit-requests-remaining",
+)
+_STREAM_CHUNK = 48  # characters per text_delta when replaying a stored answer
+
+
+def error_body(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def anthropic_error(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(error_body(kind, message), status_code=status, headers=headers)
+
+
+def _text_of(content: Any) -> str | None:
+    """The text of a message's content, or None if it holds anything but text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        parts = []
+        for block in content:
+            if not isinstance(block, dict) or block.get("type") != "text":
+                return None
+            parts.append(str(block.get("text", "")))
+        return "".join(parts)
+    return None
+
+
+def match_key(messages: Any) -> tuple[str, str | None] | None:
+    """(last user message, previous user turn) if the conversation can be matched, else None.
+
+    The previous user turn is the context: "Can you expand on that?" after two different
+    first questions must never share an entry.
+    """
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    if not isinstance(last, dict) or last.get("role") != "user":
+        return None
+    question = _text_of(last.get("content"))
+    if question is None or not question.strip():
+        return None
+    context = None
+    for message in reversed(messages[:-1]):
+        if isinstance(message, dict) and message.get("role") == "user":
+            context = _text_of(message.get("content"))
+            if context is None:
+                return None  # tool results and images are not matched
+            break
+    return question, context
+
+
+def hit_message(entry_id: str, model: str, answer: str) -> dict[str, Any]:
+    return {
+        "id": f"msg_semcache_{entry_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": answer}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def _sse(event: str, data: dict[str, Any]) -> ServerSentEventMessage:
+    return ServerSentEventMessage(event=event, data=msgspec.json.encode(data).decode())
+
+
+async def replay_stream(message: dict[str, Any]) -> AsyncIterator[ServerSentEventMessage]:
+    """The event sequence of a streamed Message, built from a stored answer."""
+    text = message["content"][0]["text"]
+    start = {**message, "content": [], "stop_reason": None}
+    yield _sse("message_start", {"type": "message_start", "message": start})
+    yield _sse(
+        "content_block_start",
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    )
+    for offset in range(0, len(text), _STREAM_CHUNK):
+        delta = {"type": "text_delta", "text": text[offset : offset + _STREAM_CHUNK]}
+        yield _sse(
+            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+        )
+    yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield _sse(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": 0},
+        },
+    )
+    yield _sse("message_stop", {"type": "message_stop"})
+
+
+class ProxyCall(msgspec.Struct, kw_only=True):
+    """Everything about one proxied request that the miss path needs."""
+
+    body: dict[str, Any]
+    namespace: str
+    endpoint: str
+    api_key: str | None
+    scope: str
+    key: tuple[str, str | None] | None
+    store: bool
+
+
+def _caller_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+@post("/v1/messages", tags=["proxy"], status_code=200)
+async def messages(request: Request[Any, Any, State], state: State) -> Any:
+    """The Anthropic Messages API (JSON and SSE), with the semantic cache in front.
+
+    Headers: `x-semcache-namespace` (default `default`), `x-semcache-endpoint` (ledger tag),
+    `cache-control: no-cache` (skip the lookup) / `no-store` (skip the write).
+    """
+    cache: SemanticCache | None = state.get("cache")
+    proxy: Proxy | None = state.get("proxy")
+    if cache is None or proxy is None:
+        return anthropic_error(503, "overloaded_error", "semcache is still starting")
+    try:
+        body = msgspec.json.decode(await request.body())
+    except msgspec.DecodeError as exc:
+        return anthropic_error(400, "invalid_request_error", f"body is not valid JSON: {exc}")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return anthropic_error(
+            400, "invalid_request_error", "body must be a JSON object with a model"
+        )
+    try:
+        namespace = validate_namespace(request.headers.get("x-semcache-namespace", "default"))
+    except InvalidInput as exc:
+        return anthropic_error(400, "invalid_request_error", exc.detail)
+    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    call = ProxyCall(
+        body=body,
+        namespace=namespace,
+        endpoint=request.headers.get("x-semcache-endpoint", "proxy")[:64] or "proxy",
+        api_key=_caller_key(request),
+        scope=SemanticCache.scope_of({k: v for k, v in body.items() if k not in _UNSCOPED}),
+        key=match_key(body.get("messages")),
+        store="no-store" not in directives,
+    )
+    if call.key is not None and "no-cache" not in directives:
+        question, context = call.key
+        try:
+            found = await anyio.to_thread.run_sync(
+                lambda: cache.lookup(
+                    question,
+                    namespace,
+                    scope=call.scope,
+                    context=context,
+                    endpoint=call.endpoint,
+                    source="proxy",
+                )
+            )
+        except InvalidInput:
+            found = None  # e.g. a question over the length limit: not cacheable, just forward
+        if found is not None and found.hit and found.entry is not None:
+            message = hit_message(found.entry.id, body["model"], found.entry.answer)
+            headers = {
+                "x-semcache-status": "hit",
+                "x-semcache-similarity": f"{found.similarity:.6f}",
+                "x-semcache-entry-id": found.entry.id,
+            }
+            if body.get("stream"):
+                return ServerSentEvent(replay_stream(message), headers=headers)
+            return Response(message, headers=headers)
+    status = "miss" if call.key is not None and "no-cache" not in directives else "bypass"
+    return await proxy.forward(call, status)
+
+
+class Proxy:
+    """Forwards misses upstream, stores complete answers, records every call in the ledger."""
+
+    def __init__(
+        self,
+        cache: SemanticCache,
+        client: AnthropicModelClient,
+        answerer: Answerer,
+        *,
+        cache_truncated: bool,
+    ) -> None:
+        self.cache = cache
+        self.client = client
+        self.answerer = answerer
+        self.cache_truncated = cache_truncated
+
+    async def forward(self, call: ProxyCall, status: str) -> Any:
+        headers = {"x-semcache-status": status}
+        try:
+            client = self.client.for_key(call.api_key)
+        except UpstreamNotConfigured as exc:
+            return anthropic_error(401, "authentication_error", exc.detail, headers)
+        body = await self.answerer.prepare_proxy_body(call.body, call.namespace, call.api_key)
+        named, extra = split_params({k: v for k, v in body.items() if k != "stream"})
+        started = time.perf_counter()
+        if call.body.get("stream"):
+            try:
+                stream = await client.messages.create(
+                    **named, extra_body=extra or None, stream=True
+                )
+            except anthropic.APIStatusError as exc:
+                return self._passthrough_error(exc, headers)
+            except anthropic.APIError as exc:
+                return anthropic_error(
+                    502, "api_error", f"upstream unreachable: {exc.message}", headers
+                )
+            return ServerSentEvent(self._relay(stream, call, started), headers=headers)
+        try:
+            message = await client.messages.create(**named, extra_body=extra or None)
+        except anthropic.APIStatusError as exc:
+            return self._passthrough_error(exc, headers)
+        except anthropic.APIError as exc:
+            return anthropic_error(
+                502, "api_error", f"upstream unreachable: {exc.message}", headers
+            )
+        text = "".join(block.text for block in message.content if block.type == "text")
+        has_tools = any(block.type != "text" for block in message.content)
+        await self._settle(
+            call,
+            message.model,
+            usage_of(message.usage),
+            message.stop_reason,
+            text,
+            has_tools,
+            started,
+        )
+        return Response(message.to_dict(mode="json"), headers=headers)
+
+    async def _relay(
+        self, stream: Any, call: ProxyCall, started: float
+    ) -> AsyncIterator[ServerSentEventMessage]:
+        """Pass events through as they come; store only after message_stop."""
+        model = str(call.body.get("model"))
+        usage = Usage()
+        stop_reason: str | None = None
+        parts: list[str] = []
+        has_tools = False
+        complete = False
+        try:
+            async for event in stream:
+                data = event.to_dict(mode="json")
+                if event.type == "message_start":
+                    model = event.message.model
+                    usage = usage_of(event.message.usage)
+                elif event.type == "content_block_start" and event.content_block.type != "text":
+                    has_tools = True
+                elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                    parts.append(event.delta.text)
+                elif event.type == "message_delta":
+                    stop_reason = event.delta.stop_reason
+                    final = usage_of(event.usage) if event.usage is not None else usage
+                    usage = msgspec.structs.replace(
+                        usage,
+                        output_tokens=final.output_tokens,
+                        input_tokens=final.input_tokens or usage.input_tokens,
+                        cache_creation_input_tokens=final.cache_creation_input_tokens
+                        or usage.cache_creation_input_tokens,
+                        cache_read_input_tokens=final.cache_read_input_tokens
+                        or usage.cache_read_input_tokens,
+                    )
+                elif event.type == "message_stop":
+                    complete = True
+                yield _sse(event.type, data)
+        except Exception as exc:  # the SDK raises transport errors unwrapped mid-stream
+            log.warning("upstream stream failed; nothing stored: %s", exc)
+            yield _sse("error", error_body("api_error", "upstream stream failed before its end"))
+        finally:
+            if complete:
+                await self._settle(
+                    call, model, usage, stop_reason, "".join(parts), has_tools, started
+                )
+            else:
+                self._record(call, model, usage, None, "incomplete stream", started)
+
+    def _passthrough_error(
+        self, exc: anthropic.APIStatusError, headers: dict[str, str]
+    ) -> Response[Any]:
+        passed = {k: v for k in _PASSED_HEADERS if (v := exc.response.headers.get(k))}
+        body = exc.body if isinstance(exc.body, dict) else error_body("api_error", exc.message)
+        return Response(body, status_code=exc.status_code, headers={**headers, **passed})
+
+    def _record(
+        self,
+        call: ProxyCall,
+        model: str,
+        usage: Usage,
+        cost: float | None,
+        stop_reason: str | None,
+        started: float,
+    ) -> None:
+        system = system_text(call.body.get("system"))
+        max_tokens = call.body.get("max_tokens")
+        self.cache.ledger.record(
+            LedgerRow(
+                kind="call",
+                source="proxy",
+                namespace=call.namespace,
+                endpoint=call.endpoint,
+                tier=self.answerer.tier_for_model(model),
+                model=model,
+                usage=usage,
+                cost_usd=cost,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                stop_reason=stop_reason,
+                reason="proxy",
+                max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+                system_tokens=estimate_tokens(system),
+            )
+        )
+
+    async def _settle(
+        self,
+        call: ProxyCall,
+        model: str,
+        usage: Usage,
+        stop_reason: str | None,
+        text: str,
+        has_tools: bool,
+        started: float,
+    ) -> None:
+        """Account for a complete upstream answer and cache it if it may be."""
+        cost = self.cache.prices.cost(model, usage)
+        self._record(call, model, usage, cost, stop_reason, started)
+        cacheable = (
+            call.store
+            and call.key is not None
+            and bool(text.strip())
+            and not has_tools
+            and (stop_reason != "max_tokens" or self.cache_truncated)
+        )
+        if not cacheable or call.key is None:
+            return
+        question, context = call.key
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.cache.put(
+                    question,
+                    text,
+                    namespace=call.namespace,
+                    model=model,
+                    usage=usage,
+                    scope=call.scope,
+                    context=context,
+                )
+            )
+        except (SemcacheError, OSError):
+            log.exception("proxied answer not cached (namespace %s)", call.namespace)
+
+
+__all__ = ["Proxy", "UpstreamError", "messages"]
