@@ -22,7 +22,7 @@ class SemcacheError(Exception):
 
 
 class InvalidInput(SemcacheError):
-    title = "Invalid input"
+    title = "Invalid request"
 
 
 class NotFound(SemcacheError):

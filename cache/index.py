@@ -150,7 +150,8 @@ class GroupIndex:
             index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise ValueError(f"unreadable index {path}: {exc}") from exc
-        if index.d != dim or not hasattr(index, "id_map"):
-            raise ValueError(f"index {path} has dimension {index.d}, expected {dim}")
-        # read_index returns the base class; downcast to reach id_map and remove_ids.
-        return cls(dim, faiss.downcast_index(index))
+        # read_index returns the concrete class; faiss.downcast_index would return a view
+        # whose owner is freed on return, so it is deliberately not used here.
+        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+            raise ValueError(f"index {path} is not an id-mapped index of dimension {dim}")
+        return cls(dim, index)

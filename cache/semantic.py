@@ -112,6 +112,9 @@ class SemanticCache:
         self._hits_pending: dict[int, tuple[int, float]] = {}
         self._hits_lock = threading.Lock()
         self.counters = Counters(self._store.load_stats())
+        self.indexes_loaded = 0
+        """How many saved index files were reused at start-up (the rest were rebuilt)."""
+        self.indexes_rebuilt = 0
         self._load_groups()
 
     @staticmethod
@@ -143,6 +146,9 @@ class SemanticCache:
             group = self._load_saved_index(key, set(entries)) if same_model else None
             if group is None:
                 group = self._rebuild_group(entries, reuse_vectors=same_model)
+                self.indexes_rebuilt += 1
+            else:
+                self.indexes_loaded += 1
             for int_id, entry in entries.items():
                 group.set_expiry(int_id, entry.expires_at)
             self._groups[key] = group
@@ -454,7 +460,7 @@ class SemanticCache:
         with self._write_lock:
             entry = self._store.get_entry(int_id) if int_id is not None else None
             if entry is None or int_id is None:
-                raise NotFound(f"no entry with id {entry_id!r}")
+                raise NotFound(f"no entry with id {entry_id!r}")  # any version: it can be deleted
             self._store.delete_entry(int_id)
             group = self._groups.get((entry.namespace, entry.catalog_version, entry.scope))
             if group is not None:
@@ -504,11 +510,14 @@ class SemanticCache:
                 self._groups.pop(key, None)
                 self._index_path(key).unlink(missing_ok=True)
                 self._stale_groups.discard(key)
-            for group in list(self._groups.values()):
+            for key, group in list(self._groups.items()):
                 expired = group.expired_ids(now)
                 for int_id in expired:
                     self._store.delete_entry(int_id)
                 removed += group.remove(expired)
+                if len(group) == 0:  # nothing left to search: drop the group and its file
+                    del self._groups[key]
+                    self._index_path(key).unlink(missing_ok=True)
         if removed:
             log.info("purged %d expired or invalidated entries", removed)
         return removed

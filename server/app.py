@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from litestar import Litestar
@@ -24,6 +25,12 @@ from .settings import Settings
 from .upstream import AnthropicModelClient
 
 log = logging.getLogger(__name__)
+
+
+def _report_load_failure(app: Litestar, task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        app.state.load_error = f"start-up failed: {task.exception()}"
+        log.critical("semcache could not start", exc_info=task.exception())
 
 
 async def _every(seconds: float, job: Callable[[], object], what: str) -> None:
@@ -53,8 +60,7 @@ def create_app(
         max_answer_chars=settings.max_answer_chars,
     )
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    async def open_resources(app: Litestar, opened: list[Any]) -> None:
         model = embedder
         if model is None:
             model = await anyio.to_thread.run_sync(SentenceTransformerEmbedder, settings.model_path)
@@ -64,12 +70,15 @@ def create_app(
                 Path(settings.data_dir), model, prices=prices, config=config, **kwargs
             )
         )
+        opened.append(cache)
         client = model_client or AnthropicModelClient(
             api_key=settings.anthropic_api_key,
             base_url=settings.anthropic_base_url,
             timeout_s=settings.upstream_timeout_s,
             max_retries=settings.upstream_max_retries,
         )
+        if model_client is None:
+            opened.append(client)
         answerer = Answerer(
             cache,
             client,
@@ -81,32 +90,53 @@ def create_app(
         )
         if not client.configured:
             log.warning("no ANTHROPIC_API_KEY: lookups work; misses of /v1/ask answer 503")
-        app.state.cache = cache
+        opened.append(asyncio.create_task(_every(settings.flush_interval_s, cache.flush, "flush")))
+        opened.append(asyncio.create_task(_every(settings.purge_interval_s, cache.purge, "purge")))
         app.state.answerer = answerer
         app.state.proxy = Proxy(cache, client, answerer, cache_truncated=settings.cache_truncated)
-        tasks = [
-            asyncio.create_task(_every(settings.flush_interval_s, cache.flush, "flush")),
-            asyncio.create_task(_every(settings.purge_interval_s, cache.purge, "purge")),
-        ]
+        app.state.cache = cache  # last: handlers treat a cache on the state as "ready"
         log.info("semcache ready (data in %s)", settings.data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        opened: list[Any] = []
+        loader = asyncio.create_task(open_resources(app, opened))
+        if embedder is not None:
+            await loader  # an injected embedder is already loaded: be ready at once
+        else:
+            # Loading the model takes seconds: answer /healthz (and 503 on /readyz) meanwhile.
+            loader.add_done_callback(lambda task: _report_load_failure(app, task))
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if not loader.done():
+                loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
             app.state.cache = app.state.answerer = app.state.proxy = None
-            if model_client is None:
-                await client.aclose()
-            await anyio.to_thread.run_sync(cache.close)
-            log.info("semcache stopped; index and counters saved")
+            for resource in reversed(opened):
+                if isinstance(resource, asyncio.Task):
+                    resource.cancel()
+                    await asyncio.gather(resource, return_exceptions=True)
+                elif isinstance(resource, AnthropicModelClient):
+                    await resource.aclose()
+                else:
+                    await anyio.to_thread.run_sync(resource.close)
+                    log.info("semcache stopped; index and counters saved")
 
     return Litestar(
         route_handlers=[CacheController, AdminController, healthz, readyz, messages],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State({"settings": settings, "cache": None, "answerer": None, "proxy": None}),
+        state=State(
+            {
+                "settings": settings,
+                "cache": None,
+                "answerer": None,
+                "proxy": None,
+                "load_error": None,
+            }
+        ),
         request_max_body_size=settings.max_body_bytes,
         # Logging is configured once by the process (the CLI), not by the framework.
         logging_config=None,

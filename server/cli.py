@@ -6,8 +6,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
-from cache import SemcacheError
+import msgspec
+
+from cache import PriceTable, SemcacheError
+from cache.ledger import Ledger
+from cache.report import findings, render
 
 from .settings import Settings
 
@@ -25,12 +31,54 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-path")
     serve.add_argument("--price-table")
     serve.add_argument("--log-level")
+    report = commands.add_parser("report", help="print where tokens and dollars go, and findings")
+    report.add_argument("--config", help="TOML settings file (else $SEMCACHE_CONFIG)")
+    report.add_argument("--data-dir")
+    report.add_argument("--price-table")
+    report.add_argument("--since", help="start of the window, ISO 8601 (UTC if no zone)")
+    report.add_argument("--until", help="end of the window, ISO 8601 (UTC if no zone)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
+
+
+def _instant(text: str | None) -> float | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def report(settings: Settings, since: str | None, until: str | None, as_json: bool) -> int:
+    """Read the ledger directly (the server need not run) and print the report."""
+    path = Path(settings.data_dir) / "ledger.sqlite3"
+    if not path.exists():
+        print(f"semcache: no ledger at {path}: nothing has been recorded yet", file=sys.stderr)
+        return 1
+    try:
+        start, end = _instant(since), _instant(until)
+    except ValueError as exc:
+        print(f"semcache: bad time: {exc}", file=sys.stderr)
+        return 2
+    ledger = Ledger(path)
+    try:
+        usage = ledger.report(since=start, until=end)
+        found = findings(ledger, PriceTable.load(settings.price_table), since=start, until=end)
+    finally:
+        ledger.close()
+    if as_json:
+        print(msgspec.json.encode({"usage": usage, "findings": found}).decode())
+    else:
+        print(render(usage, found))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "config", "since", "until", "json")
+    }
     try:
         settings = Settings.load(config_file=args.config, overrides=overrides)
     except SemcacheError as exc:
@@ -39,18 +87,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.command == "report":
+        try:
+            return report(settings, args.since, args.until, args.json)
+        except SemcacheError as exc:
+            print(f"semcache: {exc.detail}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         import uvicorn
 
         from .app import create_app
 
+        try:
+            app = create_app(settings)
+        except SemcacheError as exc:
+            print(f"semcache: {exc.detail}", file=sys.stderr)
+            return 2
         if settings.admin_token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
             logging.getLogger("semcache").warning(
                 "admin endpoints are open: set SEMCACHE_ADMIN_TOKEN before exposing %s",
                 settings.host,
             )
         uvicorn.run(
-            create_app(settings),
+            app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),

@@ -55,14 +55,18 @@ def _timestamp(moment: datetime) -> float:
 def provide_cache(state: State) -> SemanticCache:
     cache: SemanticCache | None = state.get("cache")
     if cache is None:
-        raise Unavailable("the cache is still starting (loading the embedding model)")
+        raise Unavailable(
+            state.get("load_error") or "the cache is still starting (loading the embedding model)"
+        )
     return cache
 
 
 def provide_answerer(state: State) -> Answerer:
     answerer: Answerer | None = state.get("answerer")
     if answerer is None:
-        raise Unavailable("the cache is still starting (loading the embedding model)")
+        raise Unavailable(
+            state.get("load_error") or "the cache is still starting (loading the embedding model)"
+        )
     return answerer
 
 

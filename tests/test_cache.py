@@ -145,6 +145,8 @@ def test_ttl_expiry_with_injected_clock(make_cache: MakeCache, clock: FakeClock)
     assert not cache.lookup("default lived").hit
     assert cache.purge() == 2
     assert cache.stats()[0].entries == 0
+    cache.flush()
+    assert not list((cache._dir / "index").glob("*.faiss"))  # empty groups leave no file
 
 
 def test_no_ttl_means_never(make_cache: MakeCache, clock: FakeClock) -> None:

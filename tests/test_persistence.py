@@ -41,7 +41,8 @@ def test_close_and_reopen(make_cache: MakeCache, embedder: HashingEmbedder) -> N
     first.close()
     calls = embedder.calls
     second = make_cache()
-    assert embedder.calls == calls  # the saved index was loaded, nothing re-embedded
+    assert embedder.calls == calls  # nothing re-embedded
+    assert (second.indexes_loaded, second.indexes_rebuilt) == (1, 0)  # the saved file was used
     assert_all_served(second)
     _, rows = second.stats()
     assert rows["ns"].entries == len(QUESTIONS)
@@ -78,11 +79,11 @@ def test_index_rebuilt_from_store(
     calls = embedder.calls
     second = make_cache()
     assert embedder.calls == calls  # rebuilt from stored vectors, not re-embedded
+    assert (second.indexes_loaded, second.indexes_rebuilt) == (0, 1)
     assert_all_served(second)
     second.flush()
-    assert (
-        path.exists() and second._groups[("ns", 1, "")].index_ids() == second._groups[("ns", 1, "")].ids()
-    )
+    group = second._groups[("ns", 1, "")]
+    assert path.exists() and group.index_ids() == group.ids()
 
 
 def test_stale_index_after_crash(make_cache: MakeCache, tmp_path: Path) -> None:
@@ -94,6 +95,7 @@ def test_stale_index_after_crash(make_cache: MakeCache, tmp_path: Path) -> None:
     # a crash: the store has every acknowledged write, the index file is behind
     first._store.close()
     second = make_cache()
+    assert second.indexes_rebuilt == 1
     assert_all_served(second, QUESTIONS[1:])
     assert not second.lookup(QUESTIONS[0], namespace="ns").hit
 
