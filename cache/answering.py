@@ -38,10 +38,11 @@ class Tier(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     """On truncation or overload, let the next tier up answer instead."""
 
 
+# The current generation (the SDK lists claude-sonnet-4-5 and claude-opus-4-5 as deprecated).
 DEFAULT_TIERS = (
-    Tier(name="haiku", model="claude-haiku-4-5", max_tokens=400),
-    Tier(name="sonnet", model="claude-sonnet-4-5", max_tokens=800),
-    Tier(name="opus", model="claude-opus-4-5", max_tokens=1200, escalate=False),
+    Tier(name="haiku", model="claude-haiku-5-5", max_tokens=400),
+    Tier(name="sonnet", model="claude-sonnet-5-5", max_tokens=800),
+    Tier(name="opus", model="claude-opus-5-5", max_tokens=1200, escalate=False),
 )
 
 _NUMBERS = {

@@ -15,7 +15,7 @@ SYSTEM_PROMPT_LIMIT = 500
 """Average system-prompt tokens above which an endpoint is flagged."""
 MAX_TOKENS_SLACK = 2.0
 """max_tokens above this multiple of the observed p90 output is flagged."""
-CHEAP_MODEL = "claude-haiku-4-5"
+CHEAP_MODEL = "claude-haiku-5-5"
 
 
 class Finding(msgspec.Struct, kw_only=True):

@@ -45,7 +45,6 @@ ENTRY_ID = re.compile(r"^[0-9a-f]{16}$")
 PRICE_FILE = Path(__file__).resolve().parents[1] / "cache" / "prices.toml"
 
 
-
 def expected_cost(model: str, usage: dict[str, int]) -> float:
     """USD cost computed straight from the shipped price table (USD per million tokens)."""
     price = tomllib.loads(PRICE_FILE.read_text(encoding="utf-8"))["models"][model]

@@ -1,0 +1,95 @@
+"""`semcache report`: the usage table and the cost-guidance findings on a seeded ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cache import PriceTable, Usage
+from cache.ledger import Ledger, LedgerRow
+from cache.report import findings, percentile
+from server.cli import main
+
+PRICES = PriceTable.load()
+
+
+def call(endpoint: str, model: str, *, out: int, inp: int = 100, system: int = 20,
+         max_tokens: int = 400, ts: float = 1_800_000_000.0) -> LedgerRow:  # fmt: skip
+    usage = Usage(input_tokens=inp, output_tokens=out)
+    return LedgerRow(
+        kind="call", source="ask", namespace="default", endpoint=endpoint, model=model,
+        usage=usage, cost_usd=PRICES.cost(model, usage), stop_reason="end_turn",
+        max_tokens=max_tokens, system_tokens=system, ts=ts,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    ledger = Ledger(tmp_path / "data" / "ledger.sqlite3")
+    for i in range(10):
+        # "bloated": 800-token system prompts; output well within max_tokens
+        ledger.record(call("bloated", "claude-haiku-5-5", out=300, system=800))
+        # "loose": max_tokens 4000 for answers of 90-150 tokens
+        ledger.record(call("loose", "claude-haiku-5-5", out=90 + 6 * i, max_tokens=4000))
+        # "premium": runs on Sonnet
+        ledger.record(call("premium", "claude-sonnet-5-5", out=200, max_tokens=400))
+    usage = Usage(input_tokens=100, output_tokens=200)
+    ledger.record(
+        LedgerRow(kind="hit", source="ask", namespace="default", endpoint="premium",
+                  model="claude-sonnet-5-5", usage=usage,
+                  cost_usd=PRICES.cost("claude-sonnet-5-5", usage), ts=1_800_000_000.0)
+    )  # fmt: skip
+    ledger.flush()
+    return ledger
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([5, 1, 3, 2, 4], 90) == 5
+    assert percentile(list(range(1, 101)), 90) == 90
+    assert percentile([7], 50) == 7
+
+
+def test_findings(ledger: Ledger) -> None:
+    found = {(f.kind, f.endpoint): f for f in findings(ledger, PRICES)}
+    assert set(found) == {
+        ("large-system-prompt", "bloated"),
+        ("loose-max-tokens", "loose"),
+        ("expensive-model", "premium"),
+    }
+    p90 = 90 + 6 * 8  # the 9th of 10 sorted outputs 90, 96, ..., 144
+    assert found[("loose-max-tokens", "loose")].suggested_value == int(-(-p90 * 1.25 // 1))
+    sonnet_spend = 10 * (
+        PRICES.cost("claude-sonnet-5-5", Usage(input_tokens=100, output_tokens=200)) or 0
+    )
+    haiku_cost = 10 * (
+        PRICES.cost("claude-haiku-5-5", Usage(input_tokens=100, output_tokens=200)) or 0
+    )
+    premium = found[("expensive-model", "premium")]
+    assert premium.suggested_value == pytest.approx(haiku_cost, abs=1e-6)
+    assert f"${sonnet_spend:.4f}" in premium.message
+    ledger.close()
+
+
+def test_report_window_excludes_rows(ledger: Ledger) -> None:
+    assert findings(ledger, PRICES, since=1_900_000_000.0) == []
+    assert ledger.report(until=1_700_000_000.0).totals.calls == 0
+    assert ledger.report().totals.calls == 30
+    ledger.close()
+
+
+def test_report_command(ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ledger.close()
+    data_dir = str(tmp_path / "data")
+    assert main(["report", "--data-dir", data_dir]) == 0
+    text = capsys.readouterr().out
+    assert "premium" in text and "loose" in text and "bloated" in text
+    assert "set max_tokens to" in text and "Findings:" in text
+    assert main(["report", "--data-dir", data_dir, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["usage"]["endpoints"]["premium"]["calls"] == 10
+    assert report["usage"]["endpoints"]["premium"]["hits"] == 1
+    assert len(report["findings"]) == 3
+    assert main(["report", "--data-dir", str(tmp_path / "empty")]) == 1
+    assert main(["report", "--data-dir", data_dir, "--since", "not a date"]) == 2
