@@ -34,7 +34,7 @@ ENV SEMCACHE_HOST=0.0.0.0 \
 VOLUME /data
 EXPOSE 8080
 
-# Slim images have no curl. The port opens only once the model is loaded; urlopen raises
+# Slim images have no curl. /readyz answers 503 until the model is loaded; urlopen raises
 # (exit 1) on a refused connection or a non-2xx status. Change the port here if you change
 # SEMCACHE_PORT.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -40,7 +40,13 @@ def findings(
     until: float | None = None,
     cheap_model: str = CHEAP_MODEL,
 ) -> list[Finding]:
-    where = ["kind = 'call'", "stop_reason IS NOT NULL", "stop_reason NOT LIKE 'error%'"]
+    # Only complete answers say how long answers are; failed and cut-off calls would skew it.
+    where = [
+        "kind = 'call'",
+        "stop_reason IS NOT NULL",
+        "stop_reason NOT LIKE 'error%'",
+        "stop_reason != 'incomplete stream'",
+    ]
     params: list[object] = []
     if since is not None:
         where.append("ts >= ?")

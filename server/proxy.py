@@ -64,7 +64,7 @@ def _text_of(content: Any) -> str | None:
     return None
 
 
-def match_key(messages: Any) -> tuple[str, str | None] | None:
+def match_key(messages: Any, max_chars: int) -> tuple[str, str | None] | None:
     """(last user message, previous user turn) if the conversation can be matched, else None.
 
     The previous user turn is the context: "Can you expand on that?" after two different
@@ -76,8 +76,8 @@ def match_key(messages: Any) -> tuple[str, str | None] | None:
     if not isinstance(last, dict) or last.get("role") != "user":
         return None
     question = _text_of(last.get("content"))
-    if question is None or not question.strip():
-        return None
+    if question is None or not question.strip() or len(question) > max_chars:
+        return None  # not matchable: forwarded, never cached
     context = None
     for message in reversed(messages[:-1]):
         if isinstance(message, dict) and message.get("role") == "user":
@@ -157,7 +157,7 @@ def _caller_key(request: Request[Any, Any, Any]) -> str | None:
 
 
 @post("/v1/messages", tags=["proxy"], status_code=200)
-async def messages(request: Request[Any, Any, State], state: State) -> Any:
+async def messages(request: Request[Any, Any, State], state: State) -> Response[Any]:
     """The Anthropic Messages API (JSON and SSE), with the semantic cache in front.
 
     Headers: `x-semcache-namespace` (default `default`), `x-semcache-endpoint` (ledger tag),
@@ -186,7 +186,7 @@ async def messages(request: Request[Any, Any, State], state: State) -> Any:
         endpoint=request.headers.get("x-semcache-endpoint", "proxy")[:64] or "proxy",
         api_key=_caller_key(request),
         scope=SemanticCache.scope_of({k: v for k, v in body.items() if k not in _UNSCOPED}),
-        key=match_key(body.get("messages")),
+        key=match_key(body.get("messages"), cache.config.max_question_chars),
         store="no-store" not in directives,
     )
     if call.key is not None and "no-cache" not in directives:
@@ -234,7 +234,7 @@ class Proxy:
         self.answerer = answerer
         self.cache_truncated = cache_truncated
 
-    async def forward(self, call: ProxyCall, status: str) -> Any:
+    async def forward(self, call: ProxyCall, status: str) -> Response[Any]:
         headers = {"x-semcache-status": status}
         try:
             client = self.client.for_key(call.api_key)
@@ -243,26 +243,15 @@ class Proxy:
         body = await self.answerer.prepare_proxy_body(call.body, call.namespace, call.api_key)
         named, extra = split_params({k: v for k, v in body.items() if k != "stream"})
         started = time.perf_counter()
-        if call.body.get("stream"):
-            try:
+        try:
+            if call.body.get("stream"):
                 stream = await client.messages.create(
                     **named, extra_body=extra or None, stream=True
                 )
-            except anthropic.APIStatusError as exc:
-                return self._passthrough_error(exc, headers)
-            except anthropic.APIError as exc:
-                return anthropic_error(
-                    502, "api_error", f"upstream unreachable: {exc.message}", headers
-                )
-            return ServerSentEvent(self._relay(stream, call, started), headers=headers)
-        try:
+                return ServerSentEvent(self._relay(stream, call, started), headers=headers)
             message = await client.messages.create(**named, extra_body=extra or None)
-        except anthropic.APIStatusError as exc:
-            return self._passthrough_error(exc, headers)
         except anthropic.APIError as exc:
-            return anthropic_error(
-                502, "api_error", f"upstream unreachable: {exc.message}", headers
-            )
+            return self._failed(call, exc, headers, started)
         text = "".join(block.text for block in message.content if block.type == "text")
         has_tools = any(block.type != "text" for block in message.content)
         await self._settle(
@@ -320,7 +309,20 @@ class Proxy:
                     call, model, usage, stop_reason, "".join(parts), has_tools, started
                 )
             else:
-                self._record(call, model, usage, None, "incomplete stream", started)
+                # Tokens already streamed are billed even though nothing is stored.
+                cost = self.cache.prices.cost(model, usage)
+                self._record(call, model, usage, cost, "incomplete stream", started)
+
+    def _failed(
+        self, call: ProxyCall, exc: anthropic.APIError, headers: dict[str, str], started: float
+    ) -> Response[Any]:
+        """Record the failed call, and answer as the API did so the SDK raises its usual class."""
+        model = str(call.body.get("model"))
+        if isinstance(exc, anthropic.APIStatusError):
+            self._record(call, model, Usage(), None, f"error {exc.status_code}", started)
+            return self._passthrough_error(exc, headers)
+        self._record(call, model, Usage(), None, "error connection", started)
+        return anthropic_error(502, "api_error", f"upstream unreachable: {exc.message}", headers)
 
     def _passthrough_error(
         self, exc: anthropic.APIStatusError, headers: dict[str, str]
@@ -393,6 +395,8 @@ class Proxy:
                     context=context,
                 )
             )
+        except InvalidInput as exc:
+            log.info("proxied answer not cached: %s", exc.detail)
         except (SemcacheError, OSError):
             log.exception("proxied answer not cached (namespace %s)", call.namespace)
 

@@ -20,6 +20,7 @@ from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
 from cache.answering import Answerer
 from cache.ledger import UsageReport
 
+from .problems import documented
 from .schemas import (
     AskRequest,
     AskResponse,
@@ -98,7 +99,9 @@ class CacheController(Controller):
     path = "/v1"
     tags = ("cache",)
 
-    @post("/lookup", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post(
+        "/lookup", status_code=HTTP_200_OK, sync_to_thread=True, responses=documented(400, 413, 503)
+    )
     def lookup(
         self, data: JSONBody[LookupRequest], cache: NamedDependency[SemanticCache]
     ) -> LookupHit | LookupMiss:
@@ -106,7 +109,12 @@ class CacheController(Controller):
         result = cache.lookup(data.question, data.namespace, data.threshold, endpoint=data.endpoint)
         return lookup_response(result)
 
-    @post("/entries", status_code=HTTP_201_CREATED, sync_to_thread=True)
+    @post(
+        "/entries",
+        status_code=HTTP_201_CREATED,
+        sync_to_thread=True,
+        responses=documented(400, 413, 503),
+    )
     def create_entry(
         self, data: JSONBody[EntryRequest], cache: NamedDependency[SemanticCache]
     ) -> EntryCreated:
@@ -133,17 +141,22 @@ class CacheController(Controller):
             cost_usd=entry.cost_usd,
         )
 
-    @get("/entries/{entry_id:str}", sync_to_thread=True)
+    @get("/entries/{entry_id:str}", sync_to_thread=True, responses=documented(404, 503))
     def get_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
         """A servable entry (live, current catalog version) by id."""
         return EntryOut.of(cache.get(entry_id))
 
-    @delete("/entries/{entry_id:str}", status_code=HTTP_200_OK, sync_to_thread=True)
+    @delete(
+        "/entries/{entry_id:str}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        responses=documented(404, 503),
+    )
     def delete_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
         """Delete an entry; returns what was deleted."""
         return EntryOut.of(cache.delete(entry_id))
 
-    @post("/ask", status_code=HTTP_200_OK)
+    @post("/ask", status_code=HTTP_200_OK, responses=documented(400, 413, 502, 503, 504))
     async def ask(
         self, data: JSONBody[AskRequest], answerer: NamedDependency[Answerer]
     ) -> AskResponse:
@@ -175,7 +188,7 @@ class CacheController(Controller):
             spent_usd=result.spent_usd,
         )
 
-    @get("/usage", sync_to_thread=True)
+    @get("/usage", sync_to_thread=True, responses=documented(400, 503))
     def usage(
         self,
         cache: NamedDependency[SemanticCache],
@@ -192,7 +205,7 @@ class CacheController(Controller):
             until=None if until is None else _timestamp(until),
         )
 
-    @get("/stats", sync_to_thread=True)
+    @get("/stats", sync_to_thread=True, responses=documented(503))
     def stats(self, cache: NamedDependency[SemanticCache]) -> StatsOut:
         """Lookups, hits, misses, entries and savings, in total and per namespace."""
         total, rows = cache.stats()
@@ -204,14 +217,22 @@ class AdminController(Controller):
     tags = ("admin",)
     guards = (admin_guard,)
 
-    @get("/namespaces/{namespace:str}/version", sync_to_thread=False)
+    @get(
+        "/namespaces/{namespace:str}/version",
+        sync_to_thread=False,
+        responses=documented(400, 401, 503),
+    )
     def get_version(
         self, namespace: NamespacePath, cache: NamedDependency[SemanticCache]
     ) -> VersionOut:
         """The current catalog version of a namespace (1 until bumped)."""
         return VersionOut(namespace=namespace, catalog_version=cache.catalog_version(namespace))
 
-    @post("/namespaces/{namespace:str}/version", status_code=HTTP_200_OK)
+    @post(
+        "/namespaces/{namespace:str}/version",
+        status_code=HTTP_200_OK,
+        responses=documented(400, 401, 409, 503),
+    )
     async def set_version(
         self,
         namespace: NamespacePath,
@@ -236,7 +257,7 @@ class AdminController(Controller):
             namespace=namespace, catalog_version=version, invalidated_entries=invalidated
         )
 
-    @post("/purge", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post("/purge", status_code=HTTP_200_OK, sync_to_thread=True, responses=documented(401, 503))
     def purge(self, cache: NamedDependency[SemanticCache]) -> PurgeOut:
         """Reclaim expired and invalidated entries now instead of at the next periodic purge."""
         return PurgeOut(purged_entries=cache.purge())
@@ -248,7 +269,7 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", tags=["health"], sync_to_thread=False)
+@get("/readyz", tags=["health"], sync_to_thread=False, responses=documented(503))
 def readyz(cache: NamedDependency[SemanticCache]) -> Health:
     """The embedding model is loaded and the store is open (503 until then)."""
     return Health(status="ready", embedder=cache.embedder_name)

@@ -233,3 +233,13 @@ class AskResponse(msgspec.Struct, kw_only=True):
 
 def usage_out(usage: Usage) -> UsageOut:
     return UsageOut(**msgspec.structs.asdict(usage))
+
+
+class Problem(msgspec.Struct, kw_only=True):
+    """An RFC 9457 problem+json error body."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
