@@ -61,6 +61,7 @@ class GroupIndex:
         self.dim = dim
         self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._expiry: dict[int, float] = {}
+        self._answers: dict[int, int] = {}  # id -> key of its answer (alike answers, one key)
         self._lock = RWLock()
         self.dirty = False
 
@@ -87,12 +88,20 @@ class GroupIndex:
         with self._lock.read():
             return [i for i, expires in self._expiry.items() if expires <= now]
 
-    def set_expiry(self, int_id: int, expires_at: float | None) -> None:
+    def answer_key(self, int_id: int) -> int | None:
+        return self._answers.get(int_id)
+
+    def track(self, int_id: int, expires_at: float | None, answer_key: int) -> None:
         """Track an id whose vector is already in the index (used when loading a saved index)."""
         self._expiry[int_id] = math.inf if expires_at is None else expires_at
+        self._answers[int_id] = answer_key
 
     def add(
-        self, ids: list[int], vectors: np.ndarray[Any, Any], expiries: list[float | None]
+        self,
+        ids: list[int],
+        vectors: np.ndarray[Any, Any],
+        expiries: list[float | None],
+        answer_keys: list[int],
     ) -> None:
         id_array = np.asarray(ids, dtype=np.int64)
         matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
@@ -102,8 +111,9 @@ class GroupIndex:
             if known:
                 self._index.remove_ids(np.asarray(known, dtype=np.int64))
             self._index.add_with_ids(matrix, id_array)
-            for int_id, expires in zip(ids, expiries, strict=True):
+            for int_id, expires, answer in zip(ids, expiries, answer_keys, strict=True):
                 self._expiry[int_id] = math.inf if expires is None else expires
+                self._answers[int_id] = answer
             self.dirty = True
 
     def remove(self, ids: list[int]) -> int:
@@ -113,26 +123,30 @@ class GroupIndex:
                 self._index.remove_ids(np.asarray(present, dtype=np.int64))
                 for int_id in present:
                     del self._expiry[int_id]
+                    self._answers.pop(int_id, None)
                 self.dirty = True
             return len(present)
 
     def search(
-        self, vector: np.ndarray[Any, Any], now: float, k: int = 8
-    ) -> tuple[int, float] | None:
-        """The nearest live id and its cosine similarity, or None if the group has none."""
+        self, vector: np.ndarray[Any, Any], now: float, k: int = 16
+    ) -> list[tuple[int, float]]:
+        """Up to `k` nearest live ids with their cosine similarity, nearest first."""
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        found: list[tuple[int, float]] = []
         with self._lock.read():
             total = self._index.ntotal
-            while total:
-                k = min(k, total)
-                sims, ids = self._index.search(query, k)
-                for sim, int_id in zip(sims[0], ids[0], strict=True):
-                    if int_id >= 0 and self._expiry.get(int(int_id), 0.0) > now:
-                        return int(int_id), min(1.0, max(-1.0, float(sim)))
-                if k == total:
+            width = min(k, total)
+            while width:
+                sims, ids = self._index.search(query, width)
+                found = [
+                    (int(i), min(1.0, max(-1.0, float(sim))))
+                    for sim, i in zip(sims[0], ids[0], strict=True)
+                    if i >= 0 and self._expiry.get(int(i), 0.0) > now
+                ]
+                if len(found) >= k or width == total:
                     break
-                k *= 4  # every candidate so far had expired: look further
-        return None
+                width = min(total, width * 4)  # expired entries took places: look further
+        return found[:k]
 
     def save(self, path: Path) -> None:
         """Write the index atomically: a crash leaves the old file or the new one, never half."""

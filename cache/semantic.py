@@ -19,6 +19,7 @@ import numpy as np
 
 from embeddings import Embedder
 
+from . import guards
 from .entry import (
     MAX_TOKENS_FIELD,
     Entry,
@@ -62,6 +63,47 @@ class CacheConfig:
     """Longest question accepted, in characters."""
     max_answer_chars: int = 200_000
     """Longest answer accepted, in characters."""
+    margin: float = 0.0
+    """How much the nearest entry must beat the nearest entry with a different answer by."""
+    guards: bool = True
+    """Veto matches whose numbers, dates, actions or negation differ from the query's."""
+    neighbours: int = 16
+    """How many nearest entries are read to find the nearest different answer."""
+
+
+def answer_key(answer: str) -> int:
+    """Entries whose answers normalise alike are one answer for the margin rule."""
+    digest = hashlib.blake2b(normalize_question(answer).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+class Candidate(msgspec.Struct, kw_only=True):
+    """The entry a lookup would serve, and everything the decision rule looks at."""
+
+    entry: Entry
+    match: Literal["exact", "semantic"]
+    similarity: float
+    runner_up: float | None
+    """Similarity of the nearest live entry with a different answer (None: there is none)."""
+    margin: float
+    guard: str | None
+    """Why a guard vetoes this match; None when no guard objects."""
+
+    def accepts(self, threshold: float, margin: float) -> bool:
+        """The decision rule of `lookup`: the one place where hits are decided."""
+        if self.guard is not None:
+            return False
+        if self.match == "exact":
+            return True
+        return self.similarity >= threshold and self.margin >= margin
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    similarity: float
+    guard: str | None
+
+    def accepts(self, threshold: float) -> bool:
+        return self.guard is None and self.similarity >= threshold
 
 
 class LookupResult(msgspec.Struct, kw_only=True):
@@ -75,6 +117,8 @@ class LookupResult(msgspec.Struct, kw_only=True):
     nearest_similarity: float | None = None
     saved_usd: float | None = None
     saved_tokens: int = 0
+    margin: float | None = None
+    guard: str | None = None
 
 
 class SemanticCache:
@@ -150,7 +194,7 @@ class SemanticCache:
             else:
                 self.indexes_loaded += 1
             for int_id, entry in entries.items():
-                group.set_expiry(int_id, entry.expires_at)
+                group.track(int_id, entry.expires_at, answer_key(entry.answer))
             self._groups[key] = group
         self._store.set_embedder_id(self._embedder_id())
 
@@ -187,7 +231,12 @@ class SemanticCache:
                 ids.append(int_id)
                 vectors.append(vector)
         if ids:
-            group.add(ids, np.vstack(vectors), [entries[i].expires_at for i in ids])
+            group.add(
+                ids,
+                np.vstack(vectors),
+                [entries[i].expires_at for i in ids],
+                [answer_key(entries[i].answer) for i in ids],
+            )
         # Vectors of another model (or lost ones) are recomputed and stored again.
         for start in range(0, len(missing), _REEMBED_BATCH):
             batch = missing[start : start + _REEMBED_BATCH]
@@ -195,7 +244,12 @@ class SemanticCache:
             matrix = self._embedder.embed(texts)
             for int_id, vector in zip(batch, matrix, strict=True):
                 self._store.put_entry(entries[int_id], int_id, vector)
-            group.add(batch, matrix, [entries[i].expires_at for i in batch])
+            group.add(
+                batch,
+                matrix,
+                [entries[i].expires_at for i in batch],
+                [answer_key(entries[i].answer) for i in batch],
+            )
         group.dirty = True
         return group
 
@@ -208,6 +262,79 @@ class SemanticCache:
     def catalog_version(self, namespace: str) -> int:
         """Current catalog version of a namespace whose name is validated first."""
         return self.version(validate_namespace(namespace))
+
+    def explain(
+        self,
+        question: str,
+        namespace: str = "default",
+        *,
+        scope: str = "",
+        context: str | None = None,
+    ) -> Candidate | None:
+        """The entry `lookup` would weigh for `question`, with the evidence; no side effects.
+
+        None when the namespace (and scope) holds no live entry. Raises InvalidInput.
+        """
+        namespace = validate_namespace(namespace)
+        normalized = validate_question(question, self.config.max_question_chars)
+        text = key_text(normalized, normalize_question(context) if context else None)
+        return self._candidate(question, text, (namespace, self.version(namespace), scope))
+
+    def compare(
+        self, a: str, b: str, *, context_a: str | None = None, context_b: str | None = None
+    ) -> Comparison:
+        """How alike two questions are to this cache: similarity and guard verdict."""
+        texts = [
+            key_text(
+                validate_question(q, self.config.max_question_chars),
+                normalize_question(c) if c else None,
+            )
+            for q, c in ((a, context_a), (b, context_b))
+        ]
+        if texts[0] == texts[1]:
+            return Comparison(similarity=1.0, guard=None)
+        vectors = self._embedder.embed(texts)
+        similarity = min(1.0, max(-1.0, float(vectors[0] @ vectors[1])))
+        return Comparison(similarity=similarity, guard=self._guard(a, b))
+
+    def _guard(self, query: str, stored: str) -> str | None:
+        return guards.check(query, stored) if self.config.guards else None
+
+    def _candidate(self, question: str, text: str, key: GroupKey) -> Candidate | None:
+        group = self._groups.get(key)
+        now = self._clock()
+        if group is None or len(group) == 0:
+            return None
+        int_id = entry_int_id(*key, text)
+        if group.is_live(int_id, now):
+            entry = self._store.get_entry(int_id)
+            if entry is not None:
+                return Candidate(
+                    entry=entry, match="exact", similarity=1.0, runner_up=None, margin=1.0,
+                    guard=None,
+                )  # fmt: skip
+        vector = self._embedder.embed([text])[0]
+        neighbours = group.search(vector, now, self.config.neighbours)
+        if not neighbours:
+            return None
+        best_id, best = neighbours[0]
+        best_answer = group.answer_key(best_id)
+        runner_up = next(
+            (sim for i, sim in neighbours[1:] if group.answer_key(i) != best_answer), None
+        )
+        if runner_up is None and len(neighbours) == self.config.neighbours:
+            runner_up = neighbours[-1][1]  # a different answer may lie just beyond: assume it
+        entry = self._store.get_entry(best_id)
+        if entry is None or not entry.is_live(now):
+            return None
+        return Candidate(
+            entry=entry,
+            match="semantic",
+            similarity=best,
+            runner_up=runner_up,
+            margin=1.0 if runner_up is None else best - runner_up,
+            guard=self._guard(question, entry.question),
+        )
 
     def lookup(
         self,
@@ -229,24 +356,31 @@ class SemanticCache:
         threshold = self.config.threshold if threshold is None else validate_threshold(threshold)
         text = key_text(normalized, normalize_question(context) if context else None)
         version = self.version(namespace)
-        lookup_id = uuid.uuid4().hex
-        miss = LookupResult(
-            hit=False, lookup_id=lookup_id, namespace=namespace, catalog_version=version
+        result = LookupResult(
+            hit=False, lookup_id=uuid.uuid4().hex, namespace=namespace, catalog_version=version
         )
         try:
-            result = self._find(text, (namespace, version, scope), threshold, lookup_id)
+            candidate = self._candidate(question, text, (namespace, version, scope))
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
             self.counters.record_lookup(namespace, "misses", error=True)
-            return miss
-        if result is None or not result.hit or result.entry is None:
+            return result
+        if candidate is not None:
+            result.nearest_similarity = candidate.similarity
+            result.margin = candidate.margin
+            result.guard = candidate.guard
+        if candidate is None or not candidate.accepts(threshold, self.config.margin):
             self.counters.record_lookup(namespace, "misses")
-            if result is not None:
-                miss.nearest_similarity = result.nearest_similarity
-            return miss
-        entry = result.entry
+            return result
+        entry = candidate.entry
+        result.hit = True
+        result.match = candidate.match
+        result.entry = entry
+        result.similarity = candidate.similarity
+        result.saved_usd = entry.cost_usd
+        result.saved_tokens = entry.usage.total
         self.counters.record_lookup(
-            namespace, "exact_hits" if result.match == "exact" else "semantic_hits"
+            namespace, "exact_hits" if candidate.match == "exact" else "semantic_hits"
         )
         self.ledger.record(
             LedgerRow(
@@ -257,59 +391,13 @@ class SemanticCache:
                 model=entry.model,
                 usage=entry.usage,
                 cost_usd=entry.cost_usd,
-                reason=result.match,
+                reason=candidate.match,
                 entry_id=entry.id,
                 ts=self._clock(),
             )
         )
         self._note_hit(entry)
         return result
-
-    def _find(
-        self, text: str, key: GroupKey, threshold: float, lookup_id: str
-    ) -> LookupResult | None:
-        group = self._groups.get(key)
-        now = self._clock()
-        if group is None or len(group) == 0:
-            return None
-        int_id = entry_int_id(*key, text)
-        if group.is_live(int_id, now):
-            entry = self._store.get_entry(int_id)
-            if entry is not None:
-                return self._hit(entry, "exact", 1.0, lookup_id)
-        vector = self._embedder.embed([text])[0]
-        found = group.search(vector, now)
-        if found is None:
-            return None
-        near_id, similarity = found
-        if similarity >= threshold:
-            entry = self._store.get_entry(near_id)
-            if entry is not None and entry.is_live(now):
-                return self._hit(entry, "semantic", similarity, lookup_id)
-        return LookupResult(
-            hit=False,
-            lookup_id=lookup_id,
-            namespace=key[0],
-            catalog_version=key[1],
-            nearest_similarity=similarity,
-        )
-
-    @staticmethod
-    def _hit(
-        entry: Entry, match: Literal["exact", "semantic"], similarity: float, lookup_id: str
-    ) -> LookupResult:
-        return LookupResult(
-            hit=True,
-            lookup_id=lookup_id,
-            namespace=entry.namespace,
-            catalog_version=entry.catalog_version,
-            match=match,
-            entry=entry,
-            similarity=similarity,
-            nearest_similarity=similarity,
-            saved_usd=entry.cost_usd,
-            saved_tokens=entry.usage.total,
-        )
 
     def _note_hit(self, entry: Entry) -> None:
         int_id = parse_entry_id(entry.id)
@@ -448,7 +536,7 @@ class SemanticCache:
             group = self._groups.get(key)
             if group is None:
                 group = self._groups[key] = GroupIndex(self._embedder.dim)
-            group.add([int_id], vector.reshape(1, -1), [entry.expires_at])
+            group.add([int_id], vector.reshape(1, -1), [entry.expires_at], [answer_key(answer)])
             with self._hits_lock:
                 self._hits_pending.pop(int_id, None)
         self.counters.add(namespace, "writes")

@@ -1,0 +1,88 @@
+"""Guards for what sentence embeddings are blind to.
+
+"refund 5 EUR" and "refund 50 EUR", "enable 2FA" and "disable 2FA" embed almost alike but
+must never share an answer. A guard compares the query with the stored question and names
+the difference that vetoes the match; None means no objection.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "fifteen": "15", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "half": "0.5",
+    "first": "1st", "second": "2nd", "third": "3rd",
+}  # fmt: skip
+_DATE_WORDS = frozenset(
+    "monday tuesday wednesday thursday friday saturday sunday weekend weekday "
+    "january february march april may june july august september october november december "
+    "today tomorrow yesterday tonight morning afternoon evening night noon midnight "
+    "week month year daily weekly monthly yearly annual annually hourly".split()
+)
+# Pairs of actions that embed alike and mean the opposite. Each word maps to its pair's id.
+_ANTONYMS = [
+    ("enable", "disable"), ("activate", "deactivate"), ("lock", "unlock"), ("block", "unblock"),
+    ("freeze", "unfreeze"), ("add", "remove"), ("increase", "decrease"), ("raise", "lower"),
+    ("open", "close"), ("subscribe", "unsubscribe"), ("install", "uninstall"),
+    ("upgrade", "downgrade"), ("before", "after"), ("buy", "sell"), ("deposit", "withdraw"),
+    ("import", "export"), ("upload", "download"), ("start", "stop"), ("turn on", "turn off"),
+    ("sign in", "sign out"), ("log in", "log out"), ("login", "logout"), ("accept", "decline"),
+    ("min", "max"), ("minimum", "maximum"), ("cancel", "renew"), ("credit", "debit"),
+    ("incoming", "outgoing"), ("send", "receive"), ("win", "lose"), ("allow", "deny"),
+    ("show", "hide"), ("include", "exclude"), ("encrypt", "decrypt"), ("join", "leave"),
+]  # fmt: skip
+_NEGATIONS = frozenset(
+    "not no never cannot can't won't don't doesn't didn't isn't aren't wasn't weren't "
+    "haven't hasn't hadn't shouldn't wouldn't couldn't mustn't without none nothing".split()
+)
+_TOKEN = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+def _words(text: str) -> list[str]:
+    folded = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    return _TOKEN.findall(folded)
+
+
+def _numbers(words: list[str]) -> list[str]:
+    found = []
+    for word in words:
+        if _NUMBER.fullmatch(word):
+            found.append(word.replace(",", ""))
+        elif word in _NUMBER_WORDS:
+            found.append(_NUMBER_WORDS[word])
+    return sorted(found)
+
+
+def _actions(text: str) -> dict[int, set[int]]:
+    """Which side of each antonym pair the text uses: {pair index: {0, 1}}."""
+    padded = " " + " ".join(_words(text)) + " "
+    used: dict[int, set[int]] = {}
+    for index, pair in enumerate(_ANTONYMS):
+        for side, word in enumerate(pair):
+            if f" {word} " in padded:
+                used.setdefault(index, set()).add(side)
+    return used
+
+
+def check(query: str, stored: str) -> str | None:
+    """Why `query` must not be answered with the answer to `stored`, or None."""
+    q_words, s_words = _words(query), _words(stored)
+    if _numbers(q_words) != _numbers(s_words):
+        return "numbers differ"
+    if {w for w in q_words if w in _DATE_WORDS} != {w for w in s_words if w in _DATE_WORDS}:
+        return "dates or times differ"
+    q_actions, s_actions = _actions(query), _actions(stored)
+    for pair, sides in q_actions.items():
+        other = s_actions.get(pair)
+        if other is not None and sides != other:
+            return f"opposite actions ({' / '.join(_ANTONYMS[pair])})"
+    q_negated = any(w in _NEGATIONS or w.endswith("n't") for w in q_words)
+    s_negated = any(w in _NEGATIONS or w.endswith("n't") for w in s_words)
+    if q_negated != s_negated:
+        return "negation differs"
+    return None
