@@ -306,3 +306,54 @@ def test_concurrent_writes_and_lookups_lose_nothing(make_cache: MakeCache) -> No
         for i in range(per_writer):
             result = cache.lookup(f"writer {w} question {i}")
             assert result.entry is not None and result.entry.answer == f"answer {w}/{i}"
+
+
+def test_explain_reports_the_evidence_without_side_effects(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    put(cache, "alpha beta gamma delta", "first answer")
+    put(cache, "alpha beta gamma epsilon", "second answer")
+    put(cache, "alpha beta zeta eta", "first answer")
+    before = cache.stats()[0]
+    candidate = cache.explain("alpha beta gamma delta theta")
+    assert candidate is not None and candidate.match == "semantic"
+    assert candidate.entry.answer == "first answer"
+    assert candidate.runner_up is not None
+    assert candidate.margin == pytest.approx(candidate.similarity - candidate.runner_up)
+    assert cache.stats()[0].lookups == before.lookups  # explain counts nothing
+    exact = cache.explain("Alpha beta gamma delta!")
+    assert exact is not None and exact.match == "exact" and exact.accepts(1.0, 1.0)
+
+
+def test_margin_rule_refuses_a_close_call(make_cache: MakeCache) -> None:
+    strict = make_cache(threshold=0.5, margin=0.2)
+    put(strict, "alpha beta gamma delta", "first answer")
+    put(strict, "alpha beta gamma epsilon", "second answer")
+    # nearly as close to both entries: right or wrong is a coin toss, so it is a miss
+    result = strict.lookup("alpha beta gamma delta epsilon")
+    assert not result.hit and result.margin is not None and result.margin < 0.2
+    assert strict.lookup("alpha beta gamma delta epsilon", threshold=0.5).hit is False
+
+
+def test_same_answer_neighbours_do_not_count_against_the_margin(make_cache: MakeCache) -> None:
+    cache = make_cache(threshold=0.5, margin=0.2)
+    put(cache, "alpha beta gamma delta", "same answer")
+    put(cache, "alpha beta gamma epsilon", "same answer")  # an alias of the first
+    result = cache.lookup("alpha beta gamma delta epsilon")
+    assert result.hit and result.entry is not None and result.entry.answer == "same answer"
+
+
+def test_guards_veto_parametric_traps(make_cache: MakeCache) -> None:
+    cache = make_cache(threshold=0.0)
+    put(cache, "refund of 5 eur", "Five euros are refunded in 3 days.")
+    result = cache.lookup("refund of 50 eur")
+    assert not result.hit and result.guard == "numbers differ"
+    unguarded = make_cache(threshold=0.0, guards=False)
+    assert unguarded.lookup("refund of 50 eur").hit  # the same store, guards off
+
+
+def test_compare_uses_the_same_normalisation_and_guards(make_cache: MakeCache) -> None:
+    cache = make_cache()
+    same = cache.compare("Reset my PASSWORD?", "reset my password")
+    assert same.similarity == 1.0 and same.accepts(1.0)
+    trap = cache.compare("enable alerts", "disable alerts")
+    assert trap.guard is not None and not trap.accepts(0.0)
