@@ -45,6 +45,8 @@ class Entry(msgspec.Struct, kw_only=True):
     """Hash of the request parameters that must match exactly (model, system prompt, ...)."""
     context: str | None = None
     """The previous user turn this question followed, if any (part of the key)."""
+    min_similarity: float | None = None
+    """A floor above the threshold, raised each time a hit of this entry is reported wrong."""
 
     def is_live(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now

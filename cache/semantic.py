@@ -8,6 +8,7 @@ import math
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +96,37 @@ class Candidate(msgspec.Struct, kw_only=True):
             return False
         if self.match == "exact":
             return True
-        return self.similarity >= threshold and self.margin >= margin
+        floor = max(threshold, self.entry.min_similarity or 0.0)
+        return self.similarity >= floor and self.margin >= margin
+
+
+class RecentHit(msgspec.Struct, frozen=True, kw_only=True):
+    """What feedback on a hit needs to know about it."""
+
+    namespace: str
+    text: str
+    entry_id: str
+    similarity: float
+    match: str
+
+
+class Feedback(msgspec.Struct, kw_only=True):
+    lookup_id: str
+    entry_id: str
+    correct: bool
+    min_similarity: float | None
+    """The entry's similarity floor after this report."""
+
+
+def negative_pair(entry_id: str, text: str) -> int:
+    digest = hashlib.blake2b(f"{entry_id}\x00{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+RECENT_HITS = 100_000
+"""How many recent hits feedback can still refer to."""
+TIGHTEN_STEP = 0.01
+"""A wrongly served entry then needs at least this much more similarity than it had."""
 
 
 class Comparison(msgspec.Struct, kw_only=True):
@@ -156,6 +187,8 @@ class SemanticCache:
         self._hits_pending: dict[int, tuple[int, float]] = {}
         self._hits_lock = threading.Lock()
         self.counters = Counters(self._store.load_stats())
+        self._negatives = self._store.negatives()
+        self._recent: OrderedDict[str, RecentHit] = OrderedDict()
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
         self.indexes_rebuilt = 0
@@ -327,13 +360,16 @@ class SemanticCache:
         entry = self._store.get_entry(best_id)
         if entry is None or not entry.is_live(now):
             return None
+        guard = self._guard(question, entry.question)
+        if negative_pair(entry.id, text) in self._negatives:
+            guard = "reported wrong for this question"
         return Candidate(
             entry=entry,
             match="semantic",
             similarity=best,
             runner_up=runner_up,
             margin=1.0 if runner_up is None else best - runner_up,
-            guard=self._guard(question, entry.question),
+            guard=guard,
         )
 
     def lookup(
@@ -397,7 +433,55 @@ class SemanticCache:
             )
         )
         self._note_hit(entry)
+        with self._hits_lock:
+            self._recent[result.lookup_id] = RecentHit(
+                namespace=namespace,
+                text=text,
+                entry_id=entry.id,
+                similarity=candidate.similarity,
+                match=candidate.match,
+            )
+            if len(self._recent) > RECENT_HITS:
+                self._recent.popitem(last=False)
         return result
+
+    def feedback(self, lookup_id: str, correct: bool) -> Feedback:
+        """Record whether a hit was right. A wrong hit is never served again for that
+        question, and its entry then needs more similarity to be served at all."""
+        with self._hits_lock:
+            hit = self._recent.pop(lookup_id, None)
+        if hit is None:
+            raise NotFound(
+                f"no recent hit with lookup_id {lookup_id!r} (misses take no feedback, "
+                "and each hit takes one report)"
+            )
+        self.counters.add(hit.namespace, "reported_correct" if correct else "reported_wrong")
+        if correct:
+            entry = self._store_entry(hit.entry_id)
+            return Feedback(
+                lookup_id=lookup_id,
+                entry_id=hit.entry_id,
+                correct=True,
+                min_similarity=entry.min_similarity if entry else None,
+            )
+        pair = negative_pair(hit.entry_id, hit.text)
+        floor: float | None = None
+        with self._write_lock:
+            self._store.add_negative(pair)
+            self._negatives.add(pair)
+            entry = self._store_entry(hit.entry_id)
+            if entry is not None and hit.match == "semantic":
+                floor = min(1.0, max(entry.min_similarity or 0.0, hit.similarity + TIGHTEN_STEP))
+                entry.min_similarity = floor
+                self._store.update_entry(entry, int(entry.id, 16))
+        log.info("hit %s reported wrong: entry %s tightened", lookup_id, hit.entry_id)
+        return Feedback(
+            lookup_id=lookup_id, entry_id=hit.entry_id, correct=False, min_similarity=floor
+        )
+
+    def _store_entry(self, entry_id: str) -> Entry | None:
+        int_id = parse_entry_id(entry_id)
+        return None if int_id is None else self._store.get_entry(int_id)
 
     def _note_hit(self, entry: Entry) -> None:
         int_id = parse_entry_id(entry.id)
@@ -541,6 +625,26 @@ class SemanticCache:
                 self._hits_pending.pop(int_id, None)
         self.counters.add(namespace, "writes")
         return entry
+
+    def put_many(
+        self,
+        questions: list[str],
+        answer: str,
+        *,
+        namespace: str = "default",
+        model: str,
+        usage: Usage,
+        ttl_s: float | None = None,
+    ) -> list[Entry]:
+        """Store several phrasings (aliases) of one answer; all are checked before any is
+        written, so a bad alias stores nothing."""
+        for question in questions:
+            validate_question(question, self.config.max_question_chars)
+        self._check_write(answer, model, usage, ttl_s)
+        return [
+            self.put(q, answer, namespace=namespace, model=model, usage=usage, ttl_s=ttl_s)
+            for q in questions
+        ]
 
     def delete(self, entry_id: str) -> Entry:
         """Delete an entry (of any version); NotFound if there is none."""

@@ -21,6 +21,8 @@ COUNTERS = (
     "lookup_errors",
     "writes",
     "write_errors",
+    "reported_correct",
+    "reported_wrong",
 )
 
 
@@ -44,6 +46,10 @@ class NamespaceStats(msgspec.Struct, kw_only=True):
     saved_cache_creation_input_tokens: int
     saved_cache_read_input_tokens: int
     saved_usd: float
+    reported_correct: int
+    reported_wrong: int
+    measured_false_hit_rate: float | None
+    """Wrong hits among the hits whose callers reported an outcome (POST /v1/feedback)."""
 
 
 class Counters:
@@ -109,4 +115,12 @@ def summarise(
         saved_cache_creation_input_tokens=savings.saved_cache_creation_input_tokens,
         saved_cache_read_input_tokens=savings.saved_cache_read_input_tokens,
         saved_usd=round(savings.saved_usd, 9),
+        reported_correct=int(values.get("reported_correct", 0)),
+        reported_wrong=int(values.get("reported_wrong", 0)),
+        measured_false_hit_rate=_rate(values),
     )
+
+
+def _rate(values: dict[str, float]) -> float | None:
+    wrong, right = values.get("reported_wrong", 0.0), values.get("reported_correct", 0.0)
+    return wrong / (wrong + right) if wrong + right else None

@@ -22,6 +22,7 @@ _VECTOR = "v:"
 _VERSION = "ns:"
 _STATS = "stats"
 _EMBEDDER = "meta:embedder"
+_NEGATIVE = "neg:"
 
 _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
@@ -113,6 +114,17 @@ class EntryStore:
 
     def save_stats(self, stats: dict[str, dict[str, float]]) -> None:
         self._db.set(_STATS, _encoder.encode(stats))
+
+    def add_negative(self, pair: int) -> None:
+        """Remember that one entry was a wrong answer to one question (see `negatives`)."""
+        self._db.set(f"{_NEGATIVE}{pair:016x}", 1)
+
+    def negatives(self) -> set[int]:
+        return {
+            int(key[len(_NEGATIVE) :], 16)
+            for key in self._db.iterkeys()
+            if isinstance(key, str) and key.startswith(_NEGATIVE)
+        }
 
     def embedder_id(self) -> str | None:
         value = self._db.get(_EMBEDDER)

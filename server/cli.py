@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import msgspec
 
 from cache import PriceTable, SemcacheError
@@ -38,7 +39,33 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", help="start of the window, ISO 8601 (UTC if no zone)")
     report.add_argument("--until", help="end of the window, ISO 8601 (UTC if no zone)")
     report.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    importer = commands.add_parser(
+        "import", help='load {"questions": [...], "answer": ...} records into a running server'
+    )
+    importer.add_argument("file", type=Path, help="JSON list or JSONL of FAQ records")
+    importer.add_argument("--namespace", default="default")
+    importer.add_argument("--url", help="server base URL (default: from host and port settings)")
     return parser
+
+
+def _import(settings: Settings, file: Path, namespace: str, url: str | None) -> int:
+    from .importer import import_file
+
+    base = url or f"http://{settings.host}:{settings.port}"
+    answers = entries = 0
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for created in import_file(file, client=client, namespace=namespace):
+                answers += 1
+                entries += 1 + len(created["alias_entry_ids"])
+    except (ValueError, OSError) as exc:
+        print(f"semcache: {exc} ({answers} answers imported before it)", file=sys.stderr)
+        return 2
+    except httpx.HTTPError as exc:
+        print(f"semcache: cannot reach {base}: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {answers} answers as {entries} entries into namespace {namespace!r}")
+    return 0
 
 
 def _instant(text: str | None) -> float | None:
@@ -77,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "config", "since", "until", "json")
+        if k not in ("command", "config", "since", "until", "json", "file", "namespace", "url")
     }
     try:
         settings = Settings.load(config_file=args.config, overrides=overrides)
@@ -87,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.command == "import":
+        return _import(settings, args.file, args.namespace, args.url)
     if args.command == "report":
         try:
             return report(settings, args.since, args.until, args.json)

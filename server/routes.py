@@ -28,6 +28,8 @@ from .schemas import (
     EntryCreated,
     EntryOut,
     EntryRequest,
+    FeedbackOut,
+    FeedbackRequest,
     Health,
     LookupHit,
     LookupMiss,
@@ -125,8 +127,8 @@ class CacheController(Controller):
             cache_creation_input_tokens=data.usage.cache_creation_input_tokens or 0,
             cache_read_input_tokens=data.usage.cache_read_input_tokens or 0,
         )
-        entry = cache.put(
-            data.question,
+        entry, *aliases = cache.put_many(
+            [data.question, *data.aliases],
             data.answer,
             namespace=data.namespace,
             model=data.model,
@@ -139,7 +141,17 @@ class CacheController(Controller):
             catalog_version=entry.catalog_version,
             expires_at=_time(entry.expires_at),
             cost_usd=entry.cost_usd,
+            alias_entry_ids=[alias.id for alias in aliases],
         )
+
+    @post("/feedback", status_code=HTTP_200_OK, sync_to_thread=True, responses=documented(400, 404))
+    def feedback(
+        self, data: JSONBody[FeedbackRequest], cache: NamedDependency[SemanticCache]
+    ) -> FeedbackOut:
+        """Report whether a hit was right. A wrong hit is never repeated for that question,
+        tightens its entry, and counts in the measured false-hit rate of /v1/stats."""
+        result = cache.feedback(data.lookup_id, data.correct)
+        return FeedbackOut(**msgspec.structs.asdict(result))
 
     @get("/entries/{entry_id:str}", sync_to_thread=True, responses=documented(404, 503))
     def get_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:

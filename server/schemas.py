@@ -112,6 +112,22 @@ class EntryRequest(msgspec.Struct, forbid_unknown_fields=True):
         Annotated[float, Meta(gt=0, le=MAX_TTL_S, description="Seconds until the entry expires.")]
         | None
     ) = None
+    aliases: Annotated[
+        list[Question],
+        Meta(max_length=100, description="Other phrasings of the question: same answer."),
+    ] = msgspec.field(default_factory=list)
+
+
+class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    lookup_id: Annotated[str, Meta(pattern=r"^[0-9a-f]{32}$")]
+    correct: bool
+
+
+class FeedbackOut(msgspec.Struct, kw_only=True):
+    lookup_id: str
+    entry_id: str
+    correct: bool
+    min_similarity: float | None
 
 
 class EntryCreated(msgspec.Struct, kw_only=True):
@@ -120,6 +136,7 @@ class EntryCreated(msgspec.Struct, kw_only=True):
     catalog_version: int
     expires_at: datetime | None
     cost_usd: float | None
+    alias_entry_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class UsageOut(msgspec.Struct, kw_only=True):
