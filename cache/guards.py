@@ -70,19 +70,45 @@ def _actions(text: str) -> dict[int, set[int]]:
 
 
 def check(query: str, stored: str) -> str | None:
-    """Why `query` must not be answered with the answer to `stored`, or None."""
+    """Why `query` must not be answered with the answer to `stored`, or None.
+
+    A slot vetoes only when both questions fill it differently: "my card has not arrived
+    after 2 weeks" may still share the answer of "where is my card?", but "refund 5 EUR"
+    never shares the answer of "refund 50 EUR". Negation vetoes only near-identical
+    wordings, where it is the one thing that differs.
+    """
     q_words, s_words = _words(query), _words(stored)
-    if _numbers(q_words) != _numbers(s_words):
+    q_numbers, s_numbers = _numbers(q_words), _numbers(s_words)
+    if q_numbers and s_numbers and q_numbers != s_numbers:
         return "numbers differ"
-    if {w for w in q_words if w in _DATE_WORDS} != {w for w in s_words if w in _DATE_WORDS}:
+    q_dates = {w for w in q_words if w in _DATE_WORDS}
+    s_dates = {w for w in s_words if w in _DATE_WORDS}
+    if q_dates and s_dates and q_dates != s_dates:
         return "dates or times differ"
     q_actions, s_actions = _actions(query), _actions(stored)
     for pair, sides in q_actions.items():
         other = s_actions.get(pair)
         if other is not None and sides != other:
             return f"opposite actions ({' / '.join(_ANTONYMS[pair])})"
-    q_negated = any(w in _NEGATIONS or w.endswith("n't") for w in q_words)
-    s_negated = any(w in _NEGATIONS or w.endswith("n't") for w in s_words)
-    if q_negated != s_negated:
+    q_negated, q_rest = _split_negation(q_words)
+    s_negated, s_rest = _split_negation(s_words)
+    if q_negated != s_negated and _overlap(q_rest, s_rest) >= NEGATION_OVERLAP:
         return "negation differs"
     return None
+
+
+NEGATION_OVERLAP = 0.6
+"""Jaccard overlap of the other words above which a difference in negation vetoes."""
+
+
+_AUXILIARIES = frozenset("do does did is are was were have has had be been will would".split())
+
+
+def _split_negation(words: list[str]) -> tuple[bool, set[str]]:
+    """Whether the words negate, and the content words (no negation, no auxiliaries)."""
+    negations = {w for w in words if w in _NEGATIONS or w.endswith("n't")}
+    return bool(negations), set(words) - negations - _AUXILIARIES
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
