@@ -209,7 +209,7 @@ class Answerer:
         cost = self.cache.prices.cost(reply.model, reply.usage)
         self._record_call(
             namespace, "history-summary", tier, reply.model, reply.usage, cost, started,
-            reply.stop_reason, "history window", 300, "",
+            reply.stop_reason, "history window", 300, "", "proxy",
         )  # fmt: skip
         summary = [
             {"role": "user", "content": f"Summary of our earlier conversation: {reply.text}"},
@@ -329,7 +329,11 @@ class Answerer:
         for index in range(start_index, len(self.tiers)):
             tier = self.tiers[index]
             has_next = index + 1 < len(self.tiers)
+            # A caller's max_tokens holds on the first tier; a tier reached by escalation
+            # gets at least its own, or escalating on truncation would buy nothing.
             limit = max_tokens or tier.max_tokens
+            if max_tokens and index > start_index:
+                limit = max(max_tokens, tier.max_tokens)
             started = time.perf_counter()
             try:
                 reply = await self.client.create(
@@ -429,11 +433,12 @@ class Answerer:
         reason: str,
         max_tokens: int,
         system: str,
+        source: str = "ask",
     ) -> None:
         self.cache.ledger.record(
             LedgerRow(
                 kind="call",
-                source="ask",
+                source=source,
                 namespace=namespace,
                 endpoint=endpoint,
                 tier=tier.name,

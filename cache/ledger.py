@@ -67,6 +67,9 @@ class UsageLine(msgspec.Struct, kw_only=True):
     """Totals of one group of ledger rows (an endpoint, a model, or everything)."""
 
     calls: int = 0
+    """Upstream calls, failed ones included."""
+    failed_calls: int = 0
+    """Calls that ended in an error: no tokens, no answer; not in the averages."""
     hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -158,10 +161,12 @@ class Ledger:
         groups: dict[str, dict[str, UsageLine]] = {"endpoint": {}, "model": {}, "namespace": {}}
         totals = UsageLine()
         rows = self.query(
-            "SELECT endpoint, model, namespace, kind, COUNT(*), SUM(input_tokens),"
+            "SELECT endpoint, model, namespace,"
+            " CASE WHEN kind = 'call' AND stop_reason LIKE 'error%' THEN 'failed' ELSE kind END,"
+            " COUNT(*), SUM(input_tokens),"
             " SUM(output_tokens), SUM(cache_creation_input_tokens),"
             " SUM(cache_read_input_tokens), SUM(COALESCE(cost_usd, 0))"
-            f" FROM ledger {where} GROUP BY endpoint, model, namespace, kind",
+            f" FROM ledger {where} GROUP BY 1, 2, 3, 4",
             params,
         )
         for endpoint, model, namespace, kind, n, inp, out, cw, cr, usd in rows:
@@ -201,7 +206,10 @@ def _accumulate(
     line: UsageLine, kind: str, n: int, inp: int, out: int, cw: int, cr: int, usd: float
 ) -> None:
     tokens = inp + out + cw + cr
-    if kind == "call":
+    if kind == "failed":
+        line.calls += n
+        line.failed_calls += n
+    elif kind == "call":
         line.calls += n
         line.input_tokens += inp
         line.output_tokens += out
@@ -220,8 +228,9 @@ def _accumulate(
 
 
 def _finish(line: UsageLine) -> None:
-    if line.calls:
-        line.avg_input_tokens = round(line.input_tokens / line.calls, 1)
-        line.avg_output_tokens = round(line.output_tokens / line.calls, 1)
+    answered = line.calls - line.failed_calls
+    if answered:
+        line.avg_input_tokens = round(line.input_tokens / answered, 1)
+        line.avg_output_tokens = round(line.output_tokens / answered, 1)
     line.spend_usd = round(line.spend_usd, 9)
     line.saved_usd = round(line.saved_usd, 9)

@@ -46,6 +46,7 @@ def findings(
         "stop_reason IS NOT NULL",
         "stop_reason NOT LIKE 'error%'",
         "stop_reason != 'incomplete stream'",
+        "endpoint != 'history-summary'",  # the server's own calls, sized by the server
     ]
     params: list[object] = []
     if since is not None:
@@ -56,7 +57,8 @@ def findings(
         params.append(until)
     rows = ledger.query(
         "SELECT endpoint, model, input_tokens, output_tokens, cache_creation_input_tokens,"
-        " cache_read_input_tokens, cost_usd, max_tokens, system_tokens FROM ledger WHERE "
+        " cache_read_input_tokens, cost_usd, max_tokens, system_tokens, reason,"
+        " cache_creation_input_tokens + cache_read_input_tokens FROM ledger WHERE "
         + " AND ".join(where),
         tuple(params),
     )
@@ -66,14 +68,19 @@ def findings(
     big_spend: dict[str, float] = defaultdict(float)
     big_on_cheap: dict[str, float] = defaultdict(float)
     cheap_price = prices.price(cheap_model)
-    for endpoint, model, inp, out, cw, cr, cost, max_tokens, system_tokens in rows:
+    cached_prompt: dict[str, int] = defaultdict(int)
+    for endpoint, model, inp, out, cw, cr, cost, max_tokens, system_tokens, why, hit in rows:
         name = str(endpoint)
         if isinstance(system_tokens, int):
             systems[name].append(system_tokens)
+        cached_prompt[name] += int(hit)  # type: ignore[call-overload]
+        # An escalated call ran on a big model because the cheap tier could not answer.
+        escalated = str(why).startswith("escalated")
         outputs[name].append(int(out))  # type: ignore[call-overload]
         if isinstance(max_tokens, int):
             limits[name].append(max_tokens)
-        if cheap_price is not None and any(big in str(model) for big in ("sonnet", "opus")):
+        big_model = any(big in str(model) for big in ("sonnet", "opus"))
+        if cheap_price is not None and big_model and not escalated:
             usage = Usage(
                 input_tokens=int(inp),  # type: ignore[call-overload]
                 output_tokens=int(out),  # type: ignore[call-overload]
@@ -86,12 +93,17 @@ def findings(
     for endpoint, sizes in sorted(systems.items()):
         average = sum(sizes) / len(sizes)
         if average > SYSTEM_PROMPT_LIMIT:
+            advice = (
+                "trim it (it is already prompt-cached)"
+                if cached_prompt[endpoint]
+                else "trim it, or mark it for prompt caching (prompt_cache_min_chars)"
+            )
             found.append(
                 Finding(
                     kind="large-system-prompt",
                     endpoint=endpoint,
                     message=f"average system prompt is {average:.0f} tokens (over "
-                    f"{SYSTEM_PROMPT_LIMIT}): trim it, or mark it for prompt caching",
+                    f"{SYSTEM_PROMPT_LIMIT}): {advice}",
                     suggested_value=None,
                 )
             )

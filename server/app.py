@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def _report_load_failure(app: Litestar, task: asyncio.Task[None]) -> None:
+    """A server that cannot load its model or store must not linger half-alive: stop it."""
     if not task.cancelled() and task.exception() is not None:
         app.state.load_error = f"start-up failed: {task.exception()}"
-        log.critical("semcache could not start", exc_info=task.exception())
+        log.critical("semcache could not start; stopping", exc_info=task.exception())
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _every(seconds: float, job: Callable[[], object], what: str) -> None:

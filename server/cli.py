@@ -89,7 +89,13 @@ def report(settings: Settings, since: str | None, until: str | None, as_json: bo
     ledger = Ledger(path)
     try:
         usage = ledger.report(since=start, until=end)
-        found = findings(ledger, PriceTable.load(settings.price_table), since=start, until=end)
+        found = findings(
+            ledger,
+            PriceTable.load(settings.price_table),
+            since=start,
+            until=end,
+            cheap_model=settings.tiers[0].model,
+        )
     finally:
         ledger.close()
     if as_json:

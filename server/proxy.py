@@ -7,6 +7,7 @@ Messages API's own, so the SDK parses hits and raises its usual exception classe
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,6 +26,7 @@ from cache.ledger import LedgerRow
 from cache.normalize import validate_namespace
 from cache.upstream import UpstreamError, UpstreamNotConfigured
 
+from .schemas import ENDPOINT_PATTERN
 from .upstream import AnthropicModelClient, split_params, usage_of
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ _PASSED_HEADERS = (
     "x-should-retry",
     "anthropic-ratelimit-requests-remaining",
 )
+ENDPOINT_RE = re.compile(ENDPOINT_PATTERN)
 _STREAM_CHUNK = 48  # characters per text_delta when replaying a stored answer
 
 
@@ -146,6 +149,8 @@ class ProxyCall(msgspec.Struct, kw_only=True):
     scope: str
     key: tuple[str, str | None] | None
     store: bool
+    beta: str | None = None
+    """The caller's anthropic-beta header: beta features are switched on by header."""
 
 
 def _caller_key(request: Request[Any, Any, Any]) -> str | None:
@@ -180,14 +185,20 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
     except InvalidInput as exc:
         return anthropic_error(400, "invalid_request_error", exc.detail)
     directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
+    endpoint = request.headers.get("x-semcache-endpoint", "proxy")
+    if not ENDPOINT_RE.fullmatch(endpoint):
+        return anthropic_error(
+            400, "invalid_request_error", "x-semcache-endpoint must match " + ENDPOINT_PATTERN
+        )
     call = ProxyCall(
         body=body,
         namespace=namespace,
-        endpoint=request.headers.get("x-semcache-endpoint", "proxy")[:64] or "proxy",
+        endpoint=endpoint,
         api_key=_caller_key(request),
         scope=SemanticCache.scope_of({k: v for k, v in body.items() if k not in _UNSCOPED}),
         key=match_key(body.get("messages"), cache.config.max_question_chars),
         store="no-store" not in directives,
+        beta=request.headers.get("anthropic-beta"),
     )
     if call.key is not None and "no-cache" not in directives:
         question, context = call.key
@@ -237,11 +248,15 @@ class Proxy:
     async def forward(self, call: ProxyCall, status: str) -> Response[Any]:
         headers = {"x-semcache-status": status}
         try:
-            client = self.client.for_key(call.api_key)
+            # No retries here: the caller's SDK retries on the status we pass back, and two
+            # layers of retries would multiply the attempts.
+            client = self.client.for_key(call.api_key).with_options(max_retries=0)
         except UpstreamNotConfigured as exc:
             return anthropic_error(401, "authentication_error", exc.detail, headers)
         body = await self.answerer.prepare_proxy_body(call.body, call.namespace, call.api_key)
         named, extra = split_params({k: v for k, v in body.items() if k != "stream"})
+        if call.beta:
+            named["extra_headers"] = {"anthropic-beta": call.beta}
         started = time.perf_counter()
         try:
             if call.body.get("stream"):

@@ -25,10 +25,11 @@ Threshold = Annotated[
     float, Meta(ge=0.0, le=1.0, description="Cosine similarity a semantic hit must reach.")
 ]
 TokenCount = Annotated[int, Meta(ge=0, le=MAX_TOKENS_FIELD)]
+ENDPOINT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}(?!\n)$"
 Endpoint = Annotated[
     str,
     Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}(?!\n)$",
+        pattern=ENDPOINT_PATTERN,
         description="A tag for the ledger: which feature of your app asked.",
     ),
 ]

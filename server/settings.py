@@ -88,6 +88,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise InvalidInput(f"{name} must be positive")
         if self.purge_interval_s <= 0 or self.flush_interval_s <= 0:
             raise InvalidInput("purge_interval_s and flush_interval_s must be positive")
+        if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
+            raise InvalidInput("upstream_timeout_s must be positive, upstream_max_retries >= 0")
         if not self.tiers:
             raise InvalidInput("at least one tier must be configured")
         names = [tier.name for tier in self.tiers]
