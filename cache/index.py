@@ -62,6 +62,8 @@ class GroupIndex:
         self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._expiry: dict[int, float] = {}
         self._answers: dict[int, int] = {}  # id -> key of its answer (alike answers, one key)
+        self._members: dict[int, set[int]] = {}  # answer key -> ids of its phrasings
+        self._centroids: dict[int, np.ndarray[Any, Any]] = {}  # answer key -> unit mean vector
         self._lock = RWLock()
         self.dirty = False
 
@@ -94,7 +96,42 @@ class GroupIndex:
     def track(self, int_id: int, expires_at: float | None, answer_key: int) -> None:
         """Track an id whose vector is already in the index (used when loading a saved index)."""
         self._expiry[int_id] = math.inf if expires_at is None else expires_at
+        self._set_answer(int_id, answer_key)
+
+    def _set_answer(self, int_id: int, answer_key: int) -> None:
+        old = self._answers.get(int_id)
+        if old is not None:
+            self._members[old].discard(int_id)
+            self._centroids.pop(old, None)
+            if not self._members[old]:
+                del self._members[old]
         self._answers[int_id] = answer_key
+        self._members.setdefault(answer_key, set()).add(int_id)
+        self._centroids.pop(answer_key, None)
+
+    def answer_similarities(
+        self, vector: np.ndarray[Any, Any], answers: list[int]
+    ) -> dict[int, float]:
+        """Cosine similarity of `vector` to the centroid of each answer's phrasings.
+
+        An answer asked in several ways is recognised by what its phrasings share, which is
+        steadier than the single nearest phrasing. Centroids are computed when first needed.
+        """
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        out: dict[int, float] = {}
+        with self._lock.read():
+            for answer in answers:
+                centroid = self._centroids.get(answer)
+                if centroid is None:
+                    members = self._members.get(answer)
+                    if not members:
+                        continue
+                    stacked = np.vstack([self._index.reconstruct(i) for i in members])
+                    mean = stacked.mean(axis=0)
+                    centroid = mean / max(float(np.linalg.norm(mean)), 1e-12)
+                    self._centroids[answer] = centroid  # idempotent: a race only recomputes
+                out[answer] = min(1.0, max(-1.0, float(centroid @ query)))
+        return out
 
     def add(
         self,
@@ -113,7 +150,7 @@ class GroupIndex:
             self._index.add_with_ids(matrix, id_array)
             for int_id, expires, answer in zip(ids, expiries, answer_keys, strict=True):
                 self._expiry[int_id] = math.inf if expires is None else expires
-                self._answers[int_id] = answer
+                self._set_answer(int_id, answer)
             self.dirty = True
 
     def remove(self, ids: list[int]) -> int:
@@ -123,7 +160,12 @@ class GroupIndex:
                 self._index.remove_ids(np.asarray(present, dtype=np.int64))
                 for int_id in present:
                     del self._expiry[int_id]
-                    self._answers.pop(int_id, None)
+                    answer = self._answers.pop(int_id, None)
+                    if answer is not None:
+                        self._members[answer].discard(int_id)
+                        self._centroids.pop(answer, None)
+                        if not self._members[answer]:
+                            del self._members[answer]
                 self.dirty = True
             return len(present)
 

@@ -84,6 +84,11 @@ class Candidate(msgspec.Struct, kw_only=True):
     entry: Entry
     match: Literal["exact", "semantic"]
     similarity: float
+    """The score the threshold applies to: mean of `nearest` and `answer_similarity`."""
+    nearest: float
+    """Cosine similarity to the nearest stored phrasing."""
+    answer_similarity: float
+    """Cosine similarity to the centroid of every phrasing of that entry's answer."""
     runner_up: float | None
     """Similarity of the nearest live entry with a different answer (None: there is none)."""
     margin: float
@@ -343,18 +348,23 @@ class SemanticCache:
             entry = self._store.get_entry(int_id)
             if entry is not None:
                 return Candidate(
-                    entry=entry, match="exact", similarity=1.0, runner_up=None, margin=1.0,
-                    guard=None,
+                    entry=entry, match="exact", similarity=1.0, nearest=1.0,
+                    answer_similarity=1.0, runner_up=None, margin=1.0, guard=None,
                 )  # fmt: skip
         vector = self._embedder.embed([text])[0]
         neighbours = group.search(vector, now, self.config.neighbours)
         if not neighbours:
             return None
-        best_id, best = neighbours[0]
+        best_id, nearest = neighbours[0]
+        answers = list(dict.fromkeys(group.answer_key(i) for i, _ in neighbours))
+        by_answer = group.answer_similarities(vector, [a for a in answers if a is not None])
         best_answer = group.answer_key(best_id)
-        runner_up = next(
-            (sim for i, sim in neighbours[1:] if group.answer_key(i) != best_answer), None
-        )
+        own = by_answer.get(best_answer, nearest) if best_answer is not None else nearest
+        # Scored by both the nearest phrasing and the answer's centroid; with one phrasing
+        # per answer both are the plain cosine similarity.
+        best = (nearest + own) / 2
+        others = [sim for answer, sim in by_answer.items() if answer != best_answer]
+        runner_up = max(others) if others else None
         if runner_up is None and len(neighbours) == self.config.neighbours:
             runner_up = neighbours[-1][1]  # a different answer may lie just beyond: assume it
         entry = self._store.get_entry(best_id)
@@ -367,8 +377,10 @@ class SemanticCache:
             entry=entry,
             match="semantic",
             similarity=best,
+            nearest=nearest,
+            answer_similarity=own,
             runner_up=runner_up,
-            margin=1.0 if runner_up is None else best - runner_up,
+            margin=1.0 if runner_up is None else own - runner_up,
             guard=guard,
         )
 

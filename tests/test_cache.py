@@ -318,7 +318,12 @@ def test_explain_reports_the_evidence_without_side_effects(make_cache: MakeCache
     assert candidate is not None and candidate.match == "semantic"
     assert candidate.entry.answer == "first answer"
     assert candidate.runner_up is not None
-    assert candidate.margin == pytest.approx(candidate.similarity - candidate.runner_up)
+    assert candidate.margin == pytest.approx(candidate.answer_similarity - candidate.runner_up)
+    assert candidate.similarity == pytest.approx(
+        (candidate.nearest + candidate.answer_similarity) / 2
+    )
+    # two phrasings share "first answer": its centroid differs from the nearest phrasing
+    assert candidate.answer_similarity != pytest.approx(candidate.nearest)
     assert cache.stats()[0].lookups == before.lookups  # explain counts nothing
     exact = cache.explain("Alpha beta gamma delta!")
     assert exact is not None and exact.match == "exact" and exact.accepts(1.0, 1.0)
