@@ -85,6 +85,9 @@ def check(query: str, stored: str) -> str | None:
     s_dates = {w for w in s_words if w in _DATE_WORDS}
     if q_dates and s_dates and q_dates != s_dates:
         return "dates or times differ"
+    q_names, s_names = _names(query), _names(stored)
+    if q_names and s_names and q_names != s_names:
+        return "names differ"
     q_actions, s_actions = _actions(query), _actions(stored)
     for pair, sides in q_actions.items():
         other = s_actions.get(pair)
@@ -95,6 +98,26 @@ def check(query: str, stored: str) -> str | None:
     if q_negated != s_negated and _overlap(q_rest, s_rest) >= NEGATION_OVERLAP:
         return "negation differs"
     return None
+
+
+_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z]+(?:\s+[A-Z][a-z]+)*)")
+_NOT_NAMES = frozenset(
+    "I I'm I've I'd I'll Is Are Do Does Did Can Could Would Should Will What Why How When "
+    "Where Who Which Please Hi Hello Thanks".split()
+)
+
+
+def _names(text: str) -> set[str]:
+    """Capitalised words inside a sentence: names of people, places, products.
+
+    Only text typed with capitals has them; all-lowercase text yields none, so no veto.
+    """
+    found = set()
+    for match in _CAPITALISED.finditer(text.strip()):
+        words = [w for w in match.group(1).split() if w not in _NOT_NAMES]
+        if words:
+            found.add(" ".join(words).casefold())
+    return found
 
 
 NEGATION_OVERLAP = 0.6

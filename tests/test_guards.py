@@ -16,6 +16,8 @@ from cache.guards import check
         ("How do I turn on notifications?", "How do I turn off notifications?", "opposite"),
         ("I did not receive my card", "I received my card", "negation"),
         ("Why can't I log in?", "Why can I log in?", "negation"),
+        ("What is the capital of France?", "What is the capital of Spain?", "names"),
+        ("Do you deliver to New York?", "Do you deliver to Boston?", "names"),
     ],
 )
 def test_traps_are_vetoed(query: str, stored: str, reason: str) -> None:
@@ -31,6 +33,8 @@ def test_traps_are_vetoed(query: str, stored: str, reason: str) -> None:
         ("Where is my card? It hasn't arrived", "My card has not arrived yet"),
         ("How do I enable 2FA?", "Steps to enable 2FA"),
         ("Open an account", "How can I open a new account?"),
+        ("What is the capital of France?", "capital of france please"),
+        ("Can I pay with Visa?", "Is Visa accepted as payment?"),
     ],
 )
 def test_paraphrases_pass(query: str, stored: str) -> None:
