@@ -59,6 +59,8 @@ def create_app(
     prices = PriceTable.load(settings.price_table)  # fail fast on a bad price table
     config = CacheConfig(
         threshold=settings.threshold,
+        margin=settings.margin,
+        guards=settings.guards,
         default_ttl_s=settings.default_ttl_s,
         max_question_chars=settings.max_question_chars,
         max_answer_chars=settings.max_answer_chars,

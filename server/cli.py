@@ -18,6 +18,11 @@ from cache.report import findings, render
 
 from .settings import Settings
 
+# Command-line arguments that are not settings.
+_NOT_SETTINGS = frozenset(
+    {"command", "config", "since", "until", "json", "file", "namespace", "url", "target_precision"}
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semcache", description=__doc__)
@@ -45,7 +50,38 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, help="JSON list or JSONL of FAQ records")
     importer.add_argument("--namespace", default="default")
     importer.add_argument("--url", help="server base URL (default: from host and port settings)")
+    calibrate = commands.add_parser(
+        "calibrate", help="pick threshold and margin for a target precision from labelled data"
+    )
+    calibrate.add_argument(
+        "file", type=Path, help="CSV: question1,question2,is_duplicate or text,category"
+    )
+    calibrate.add_argument("--target-precision", type=float, default=0.99)
+    calibrate.add_argument("--model-path")
+    calibrate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> int:
+    from cache import CacheConfig
+    from cache.calibrate import calibrate, render
+    from embeddings import SentenceTransformerEmbedder
+
+    if not 0 < target <= 1:
+        print("semcache: --target-precision must be in (0, 1]", file=sys.stderr)
+        return 2
+    try:
+        result = calibrate(
+            file,
+            SentenceTransformerEmbedder(settings.model_path),
+            target_precision=target,
+            config=CacheConfig(guards=settings.guards, max_question_chars=10**6),
+        )
+    except (ValueError, OSError, KeyError) as exc:
+        print(f"semcache: {exc}", file=sys.stderr)
+        return 2
+    print(msgspec.json.encode(result).decode() if as_json else render(result))
+    return 0
 
 
 def _import(settings: Settings, file: Path, namespace: str, url: str | None) -> int:
@@ -107,11 +143,7 @@ def report(settings: Settings, since: str | None, until: str | None, as_json: bo
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in ("command", "config", "since", "until", "json", "file", "namespace", "url")
-    }
+    overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
     try:
         settings = Settings.load(config_file=args.config, overrides=overrides)
     except SemcacheError as exc:
@@ -120,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.command == "calibrate":
+        return _calibrate(settings, args.file, args.target_precision, args.json)
     if args.command == "import":
         return _import(settings, args.file, args.namespace, args.url)
     if args.command == "report":

@@ -29,7 +29,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     data_dir: str = "./semcache-data"
     """Folder of the store (diskcache) and the vector index files."""
     threshold: float = 0.90
-    """Default cosine similarity a semantic hit must reach (requests may override it)."""
+    """Default similarity a semantic hit must reach (requests may override it)."""
+    margin: float = 0.0
+    """How far the matched answer must score above the nearest other answer."""
+    guards: bool = True
+    """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None
     """TTL in seconds of entries written without `ttl_s`; unset means they never expire."""
     admin_token: str | None = None
