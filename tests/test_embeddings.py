@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embeddings import Embedder, SentenceTransformerEmbedder, l2_normalise
 
@@ -34,3 +36,17 @@ def test_importing_the_packages_loads_no_model() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_configured_model_folder_overrides_the_default(tmp_path: Path) -> None:
+    import shutil
+
+    from embeddings import default_model_path
+
+    local = tmp_path / "my-model"
+    shutil.copytree(default_model_path(), local)
+    embedder = SentenceTransformerEmbedder(local)
+    assert embedder.name == "my-model" and embedder.dim == 384
+    assert embedder.embed(["hello"]).shape == (1, 384)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        SentenceTransformerEmbedder(tmp_path / "missing")
