@@ -28,9 +28,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """TCP port to listen on."""
     data_dir: str = "./semcache-data"
     """Folder of the store (diskcache) and the vector index files."""
-    threshold: float = 0.90
+    threshold: float = 0.86
     """Default similarity a semantic hit must reach (requests may override it)."""
-    margin: float = 0.0
+    margin: float = 0.04
     """How far the matched answer must score above the nearest other answer."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""

@@ -318,7 +318,7 @@ def test_explain_reports_the_evidence_without_side_effects(make_cache: MakeCache
     assert candidate is not None and candidate.match == "semantic"
     assert candidate.entry.answer == "first answer"
     assert candidate.runner_up is not None
-    assert candidate.margin == pytest.approx(candidate.answer_similarity - candidate.runner_up)
+    assert candidate.margin == pytest.approx(candidate.nearest - candidate.runner_up)
     assert candidate.similarity == pytest.approx(
         (candidate.nearest + candidate.answer_similarity) / 2
     )

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from cache import InvalidInput
+from cache import CacheConfig, InvalidInput
 from server import Settings
 
 
 def test_defaults() -> None:
     settings = Settings.load(environ={})
     assert settings.host == "127.0.0.1" and settings.port == 8080
-    assert settings.threshold == 0.90 and settings.default_ttl_s is None
+    assert settings.threshold == CacheConfig().threshold and settings.default_ttl_s is None
+    assert settings.margin == CacheConfig().margin
     assert settings.admin_token is None
 
 
