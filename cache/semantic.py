@@ -652,6 +652,7 @@ class SemanticCache:
         model: str,
         usage: Usage,
         ttl_s: float | None = None,
+        context: str | None = None,
     ) -> list[Entry]:
         """Store several phrasings (aliases) of one answer; all are checked before any is
         written, so a bad alias stores nothing."""
@@ -659,7 +660,15 @@ class SemanticCache:
             validate_question(question, self.config.max_question_chars)
         self._check_write(answer, model, usage, ttl_s)
         return [
-            self.put(q, answer, namespace=namespace, model=model, usage=usage, ttl_s=ttl_s)
+            self.put(
+                q,
+                answer,
+                namespace=namespace,
+                model=model,
+                usage=usage,
+                ttl_s=ttl_s,
+                context=context,
+            )
             for q in questions
         ]
 

@@ -108,7 +108,13 @@ class CacheController(Controller):
         self, data: JSONBody[LookupRequest], cache: NamedDependency[SemanticCache]
     ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
-        result = cache.lookup(data.question, data.namespace, data.threshold, endpoint=data.endpoint)
+        result = cache.lookup(
+            data.question,
+            data.namespace,
+            data.threshold,
+            endpoint=data.endpoint,
+            context=data.context,
+        )
         return lookup_response(result)
 
     @post(
@@ -134,6 +140,7 @@ class CacheController(Controller):
             model=data.model,
             usage=usage,
             ttl_s=data.ttl_s,
+            context=data.context,
         )
         return EntryCreated(
             entry_id=entry.id,

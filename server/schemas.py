@@ -39,11 +39,22 @@ def _time(ts: float | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
+Context = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        description="The previous user turn of a conversation: matched with the question, "
+        "so a follow-up such as 'tell me more' never shares another conversation's entry.",
+    ),
+]
+
+
 class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
     question: Question
     namespace: Namespace = "default"
     threshold: Threshold | None = None
     endpoint: Endpoint = "default"
+    context: Context | None = None
 
 
 class LookupHit(msgspec.Struct, kw_only=True):
@@ -117,6 +128,7 @@ class EntryRequest(msgspec.Struct, forbid_unknown_fields=True):
         list[Question],
         Meta(max_length=100, description="Other phrasings of the question: same answer."),
     ] = msgspec.field(default_factory=list)
+    context: Context | None = None
 
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -823,3 +823,20 @@ def test_ttl_expiry_with_an_injected_clock(
         # The entry without a TTL is still served.
         assert lookup(client, UNRELATED)["hit"] is True
         assert stats(client)["entries"] == 1
+
+
+def test_context_keeps_follow_ups_apart(client: Client) -> None:
+    """A generic follow-up is matched with the previous user turn, never on its own."""
+    france = "What is the capital of France?"
+    bread = "How do I bake bread?"
+    follow_up = "Can you expand on that?"
+    created = client.post(
+        "/v1/entries",
+        json={"question": follow_up, "context": france, "answer": "Paris has ...",
+              "model": HAIKU, "usage": USAGE},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    same = lookup(client, follow_up, context=france)
+    assert same["hit"] is True and same["match"] == "exact"
+    assert lookup(client, follow_up, context=bread)["hit"] is False
+    assert lookup(client, follow_up)["hit"] is False  # no context: a different key
