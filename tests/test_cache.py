@@ -362,3 +362,16 @@ def test_compare_uses_the_same_normalisation_and_guards(make_cache: MakeCache) -
     assert same.similarity == 1.0 and same.accepts(1.0)
     trap = cache.compare("enable alerts", "disable alerts")
     assert trap.guard is not None and not trap.accepts(0.0)
+
+
+def test_follow_ups_need_the_same_previous_turn(make_cache: MakeCache) -> None:
+    cache = make_cache(threshold=0.5, margin=0.0)
+    cache.put("can you expand on that", "about paris", model="m", usage=USAGE,
+              context="what is the capital of france")  # fmt: skip
+    same = cache.lookup("can you expand on that", context="What is the capital of France?")
+    assert same.hit and same.match == "exact"
+    # the joint key is close, but the first turns differ: another conversation, a miss
+    other = cache.lookup("can you expand on that please", context="how do i bake bread")
+    assert not other.hit and other.guard == "the previous turn differs"
+    near = cache.lookup("can you expand on that please", context="what is the capital of france")
+    assert near.hit and near.match == "semantic"
