@@ -89,7 +89,7 @@ def calibrate(
         rows=len(rows),
         target_precision=target_precision,
         threshold=best[1].tau if best else None,
-        margin=best[0] if best else None,
+        margin=best[0] if best and kind == "classes" else None,
         precision=best[1].precision if best else None,
         recall=best[1].recall if best else None,
         hit_rate=best[1].hit_rate if best else None,
@@ -177,13 +177,20 @@ def render(result: Calibration, every: Sequence[float] = (0.05,)) -> str:
     if result.threshold is None:
         lines.append("no threshold reaches the target precision with 30 or more hits")
     else:
+        margin = "" if result.margin is None else f", margin {result.margin:.2f}"
         lines.append(
-            f"threshold {result.threshold:.2f}, margin {result.margin:.2f}: precision "
-            f"{result.precision:.3f}, recall {result.recall:.3f}, hit rate {result.hit_rate:.3f}"
+            f"threshold {result.threshold:.2f}{margin}: precision {result.precision:.3f}, "
+            f"recall {result.recall:.3f}, hit rate {result.hit_rate:.3f}"
         )
-        lines.append(
-            f"set SEMCACHE_THRESHOLD={result.threshold:.2f} SEMCACHE_MARGIN={result.margin:.2f}"
-        )
+        settings = f"SEMCACHE_THRESHOLD={result.threshold:.2f}"
+        if result.margin is not None:  # pairs say nothing about the margin: keep yours
+            settings += f" SEMCACHE_MARGIN={result.margin:.2f}"
+        lines.append(f"set {settings}")
+        if result.kind == "classes":
+            lines.append(
+                "note: a classes file holds no question that must miss; check the wrong-answer "
+                "rate on unrelated questions too (semcache eval, suite S6)"
+            )
     lines.append("")
     lines.append(f"{'tau':>6} {'hit rate':>9} {'precision':>10} {'recall':>7}")
     step = every[0]

@@ -69,6 +69,17 @@ def _actions(text: str) -> dict[int, set[int]]:
     return used
 
 
+def _undone(a: list[str], b: list[str]) -> str | None:
+    """A word one side has and the other has with un-, e.g. blocked / unblocked."""
+    a_set, b_set = set(a), set(b)
+    for word in a_set ^ b_set:
+        if word.startswith("un") and len(word) > 4:
+            base = word[2:]
+            if (base in a_set and word in b_set) or (base in b_set and word in a_set):
+                return base
+    return None
+
+
 def check(query: str, stored: str) -> str | None:
     """Why `query` must not be answered with the answer to `stored`, or None.
 
@@ -93,6 +104,9 @@ def check(query: str, stored: str) -> str | None:
         other = s_actions.get(pair)
         if other is not None and sides != other:
             return f"opposite actions ({' / '.join(_ANTONYMS[pair])})"
+    undone = _undone(q_words, s_words)
+    if undone:
+        return f"opposite actions ({undone} / un{undone})"
     q_negated, q_rest = _split_negation(q_words)
     s_negated, s_rest = _split_negation(s_words)
     if q_negated != s_negated and _overlap(q_rest, s_rest) >= NEGATION_OVERLAP:

@@ -127,8 +127,11 @@ class Feedback(msgspec.Struct, kw_only=True):
     """The entry's similarity floor after this report."""
 
 
-def negative_pair(entry_id: str, text: str) -> int:
-    digest = hashlib.blake2b(f"{entry_id}\x00{text}".encode(), digest_size=8).digest()
+def negative_pair(entry: Entry, text: str) -> int:
+    """One (entry, answer, question) that was reported wrong. The answer is part of it: an
+    entry re-stored with a corrected answer is not blocked by reports on the old one."""
+    key = f"{entry.id}\x00{answer_key(entry.answer)}\x00{text}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & (2**63 - 1)
 
 
@@ -378,9 +381,11 @@ class SemanticCache:
         if group.is_live(int_id, now):
             entry = self._store.get_entry(int_id)
             if entry is not None:
+                wrong = negative_pair(entry, text) in self._negatives
                 return Candidate(
                     entry=entry, match="exact", similarity=1.0, nearest=1.0,
-                    answer_similarity=1.0, runner_up=None, margin=1.0, guard=None,
+                    answer_similarity=1.0, runner_up=None, margin=1.0,
+                    guard="reported wrong for this question" if wrong else None,
                 )  # fmt: skip
         vector = self._embedder.embed([text])[0]
         neighbours = group.search(vector, now, self.config.neighbours)
@@ -399,15 +404,15 @@ class SemanticCache:
         runner_up = next(
             (sim for i, sim in neighbours[1:] if group.answer_key(i) != best_answer), None
         )
-        if runner_up is None and len(neighbours) == self.config.neighbours:
-            runner_up = neighbours[-1][1]  # a different answer may lie just beyond: assume it
+        # All `neighbours` nearest phrasings agreeing on one answer is the strongest evidence
+        # there is: no competitor, full margin (runner_up None).
         entry = self._store.get_entry(best_id)
         if entry is None or not entry.is_live(now):
             return None
         guard = self._guard(question, entry.question) or self._conversation_guard(
             normalize_question(question), context, entry
         )
-        if negative_pair(entry.id, text) in self._negatives:
+        if negative_pair(entry, text) in self._negatives:
             guard = "reported wrong for this question"
         return Candidate(
             entry=entry,
@@ -517,13 +522,15 @@ class SemanticCache:
                 correct=True,
                 min_similarity=entry.min_similarity if entry else None,
             )
-        pair = negative_pair(hit.entry_id, hit.text)
         floor: float | None = None
         with self._write_lock:
+            entry = self._store_entry(hit.entry_id)
+            if entry is None:
+                raise NotFound(f"entry {hit.entry_id} of that hit no longer exists")
+            pair = negative_pair(entry, hit.text)
             self._store.add_negative(pair)
             self._negatives.add(pair)
-            entry = self._store_entry(hit.entry_id)
-            if entry is not None and hit.match == "semantic":
+            if hit.match == "semantic":
                 floor = min(1.0, max(entry.min_similarity or 0.0, hit.similarity + TIGHTEN_STEP))
                 entry.min_similarity = floor
                 self._store.update_entry(entry, int(entry.id, 16))

@@ -14,6 +14,8 @@ import msgspec
 
 from cache import PriceTable, SemcacheError
 from cache.ledger import Ledger
+from cache.quality.cli import add_arguments as add_eval_arguments
+from cache.quality.cli import run_from_args as run_eval
 from cache.report import findings, render
 
 from .settings import Settings
@@ -21,6 +23,7 @@ from .settings import Settings
 # Command-line arguments that are not settings.
 _NOT_SETTINGS = frozenset(
     {"command", "config", "since", "until", "json", "file", "namespace", "url", "target_precision"}
+    | {"out", "suites", "quick", "split", "memo_dir", "traps", "margins", "no_progress"}
 )
 
 
@@ -33,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir")
     serve.add_argument("--threshold", type=float)
+    serve.add_argument("--margin", type=float)
     serve.add_argument("--default-ttl-s", type=float)
     serve.add_argument("--model-path")
     serve.add_argument("--price-table")
@@ -50,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, help="JSON list or JSONL of FAQ records")
     importer.add_argument("--namespace", default="default")
     importer.add_argument("--url", help="server base URL (default: from host and port settings)")
+    evaluate = commands.add_parser(
+        "eval", help="measure answer quality on public data through the server's own rule"
+    )
+    add_eval_arguments(evaluate)
     calibrate = commands.add_parser(
         "calibrate", help="pick threshold and margin for a target precision from labelled data"
     )
@@ -144,14 +152,23 @@ def report(settings: Settings, since: str | None, until: str | None, as_json: bo
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    if args.command == "eval":
+        overrides = {}  # its data_dir and model_path are the evaluation's, not the server's
     try:
-        settings = Settings.load(config_file=args.config, overrides=overrides)
+        settings = Settings.load(config_file=getattr(args, "config", None), overrides=overrides)
     except SemcacheError as exc:
         print(f"semcache: {exc.detail}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.command == "eval":
+        from cache import CacheConfig
+
+        rule = CacheConfig(
+            threshold=settings.threshold, margin=settings.margin, guards=settings.guards
+        )
+        return run_eval(args, config=rule, model_path=settings.model_path)
     if args.command == "calibrate":
         return _calibrate(settings, args.file, args.target_precision, args.json)
     if args.command == "import":

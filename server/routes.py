@@ -158,7 +158,13 @@ class CacheController(Controller):
         """Report whether a hit was right. A wrong hit is never repeated for that question,
         tightens its entry, and counts in the measured false-hit rate of /v1/stats."""
         result = cache.feedback(data.lookup_id, data.correct)
-        return FeedbackOut(**msgspec.structs.asdict(result))
+        floor = result.min_similarity
+        return FeedbackOut(
+            lookup_id=result.lookup_id,
+            entry_id=result.entry_id,
+            correct=result.correct,
+            min_similarity=None if floor is None else round(floor, 6),
+        )
 
     @get("/entries/{entry_id:str}", sync_to_thread=True, responses=documented(404, 503))
     def get_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:

@@ -43,6 +43,7 @@ Context = Annotated[
     str,
     Meta(
         min_length=1,
+        max_length=10_000,
         description="The previous user turn of a conversation: matched with the question, "
         "so a follow-up such as 'tell me more' never shares another conversation's entry.",
     ),

@@ -92,6 +92,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise InvalidInput(f"{name} must be positive")
         if self.purge_interval_s <= 0 or self.flush_interval_s <= 0:
             raise InvalidInput("purge_interval_s and flush_interval_s must be positive")
+        if not 0.0 <= self.margin <= 1.0:
+            raise InvalidInput(f"margin must be between 0 and 1, got {self.margin}")
         if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
             raise InvalidInput("upstream_timeout_s must be positive, upstream_max_retries >= 0")
         if not self.tiers:

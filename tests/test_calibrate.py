@@ -49,7 +49,7 @@ def test_pairs(tmp_path: Path) -> None:
     ] * 12
     path = write_csv(tmp_path / "pairs.csv", ["question1", "question2", "is_duplicate"], rows)
     result = calibrate(path, HashingEmbedder(dim=256), target_precision=0.95, progress=False)
-    assert result.kind == "pairs" and result.margin == 0.0
+    assert result.kind == "pairs" and result.margin is None
     assert result.precision == 1.0 and result.recall == 1.0  # guards veto the number trap
 
 
@@ -58,3 +58,14 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
         read_labelled(write_csv(tmp_path / "x.csv", ["a", "b"], [["1", "2"]]))
     with pytest.raises(ValueError, match="no rows"):
         read_labelled(write_csv(tmp_path / "y.csv", ["text", "category"], []))
+
+
+def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.cli import main
+
+    path = classes_file(tmp_path)
+    assert main(["calibrate", str(path), "--target-precision", "0.9"]) == 0  # the real model
+    out = capsys.readouterr().out
+    assert "60 labelled classes" in out and "tau" in out
+    assert main(["calibrate", str(tmp_path / "missing.csv")]) == 2
+    assert main(["calibrate", str(path), "--target-precision", "1.5"]) == 2

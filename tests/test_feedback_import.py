@@ -109,3 +109,17 @@ def test_import_faq_records(client: TestClient[Litestar], tmp_path: Path) -> Non
     broken.write_text('[{"questions": [], "answer": "x"}]')
     with pytest.raises(ValueError, match=r"broken\.json"):
         read_records(broken)
+
+
+def test_an_exact_hit_reported_wrong_is_not_served_again(client: TestClient[Litestar]) -> None:
+    store(client, "Do you ship to Norway?", "No.")
+    hit = client.post("/v1/lookup", json={"question": "do you ship to norway"}).json()
+    assert hit["match"] == "exact"
+    client.post("/v1/feedback", json={"lookup_id": hit["lookup_id"], "correct": False})
+    assert (
+        client.post("/v1/lookup", json={"question": "Do you ship to Norway"}).json()["hit"] is False
+    )
+    # a corrected answer stored for the same question is served again
+    store(client, "Do you ship to Norway?", "Yes, since May.")
+    again = client.post("/v1/lookup", json={"question": "do you ship to norway"}).json()
+    assert again["hit"] is True and again["answer"] == "Yes, since May."

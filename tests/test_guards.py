@@ -14,6 +14,7 @@ from cache.guards import check
         ("What happens after I cancel?", "What happens before I cancel?", "opposite"),
         ("How do I enable 2FA?", "How do I disable 2FA?", "opposite"),
         ("How do I turn on notifications?", "How do I turn off notifications?", "opposite"),
+        ("Why was my card unblocked?", "Why was my card blocked?", "opposite"),
         ("I did not receive my card", "I received my card", "negation"),
         ("Why can't I log in?", "Why can I log in?", "negation"),
         ("What is the capital of France?", "What is the capital of Spain?", "names"),

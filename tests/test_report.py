@@ -93,3 +93,9 @@ def test_report_command(ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFi
     assert len(report["findings"]) == 3
     assert main(["report", "--data-dir", str(tmp_path / "empty")]) == 1
     assert main(["report", "--data-dir", data_dir, "--since", "not a date"]) == 2
+
+
+def test_every_command_parses_without_settings_file(tmp_path: Path) -> None:
+    """Regression: commands without --config must not crash reading it."""
+    assert main(["import", str(tmp_path / "none.json"), "--url", "http://127.0.0.1:9"]) == 2
+    assert main(["eval", str(tmp_path / "no-data")]) == 2

@@ -7,9 +7,16 @@ rule `lookup` applies), whether it would be served at each threshold of the swee
 
 Rules (one curve each):
 
-- ``server``: the shipped configuration (guards as configured), at its own margin.
-- ``threshold-only``: the baseline of the protocol, a static cosine threshold: the same
-  cache code with guards off and margin 0.
+- ``server``: the shipped configuration (guards as configured), at its own margin. Entries
+  of one class share their answer (the class id), as an FAQ entry shares its answer with
+  its aliases, so the cache's answer-level scoring (nearest phrasing and answer centroid)
+  is at work.
+- ``threshold-only``: the protocol's baseline, a static cosine threshold on the nearest
+  stored phrasing, obtained from the same cache code configured as one: guards off (the
+  per-turn check of conversations too), margin 0, and every stored phrasing given its own
+  answer (``"<class> #<n>"``), so that the
+  answer-centroid term equals the nearest phrasing's cosine. The harness still decides
+  nothing: `Candidate.accepts` does.
 - ``margin=M``: the shipped configuration at another margin (optional extra curves).
 """
 
@@ -32,6 +39,7 @@ from cache.normalize import normalize_question, validate_question
 from cache.pricing import PriceTable
 from cache.semantic import CacheConfig, SemanticCache
 
+from .loaders import Split
 from .memo import MemoEmbedder
 from .metrics import Bools, Point, point, sweep
 
@@ -54,8 +62,21 @@ STREAM_TAUS = grid(0.70, 0.98, 0.02)
 
 
 def cache_key_text(question: str, context: str | None = None) -> str:
-    """The text the cache embeds for (question, context): what priming must cover."""
+    """The text the cache embeds for (question, context): its key."""
     return key_text(normalize_question(question), normalize_question(context) if context else None)
+
+
+def embedded_texts(question: str, context: str | None = None) -> list[str]:
+    """Every text the cache embeds for (question, context): what priming must cover.
+
+    The key; and in a conversation each turn on its own as well (the cache compares the
+    turns one by one too). Should the cache embed anything else, the memo's `misses` count
+    (in summary.json, and checked by the tests) shows it.
+    """
+    texts = [cache_key_text(question, context)]
+    if context:
+        texts += [normalize_question(question), normalize_question(context)]
+    return texts
 
 
 def is_valid(question: str, config: CacheConfig) -> bool:
@@ -73,6 +94,13 @@ class Rule:
     margin: float
     guards: bool
     """Whether the cache this rule reads runs with the configured guards (else with none)."""
+    distinct_answers: bool = False
+    """Whether every stored phrasing gets its own answer (else a class shares one answer)."""
+
+    @property
+    def setting(self) -> tuple[bool, bool]:
+        """Rules with the same setting read the same cache."""
+        return self.guards, self.distinct_answers
 
 
 @dataclass
@@ -85,7 +113,7 @@ class Context:
     prices: PriceTable
     seed: int = 7
     quick: bool = False
-    split: Any = "auto"
+    split: Split = "auto"
     taus: tuple[float, ...] = TAUS
     stream_taus: tuple[float, ...] = STREAM_TAUS
     extra_margins: tuple[float, ...] = ()
@@ -98,18 +126,25 @@ class Context:
     """Lookups replayed through `lookup`: how many, and how many disagreed with explain."""
 
     def rules(self) -> list[Rule]:
-        rules = [Rule(SERVER, self.config.margin, True), Rule(BASELINE, 0.0, False)]
+        rules = [Rule(SERVER, self.config.margin, True), Rule(BASELINE, 0.0, False, True)]
         rules += [Rule(f"margin={m:g}", m, True) for m in self.extra_margins]
         return rules
 
     def cache_config(self, guards: bool) -> CacheConfig:
+        """The configuration under test, or the baseline's: no guard of any kind, margin 0.
+
+        `guards=False` does not switch off the per-turn check of conversations; a turn
+        threshold of -1 (no cosine is below it) does.
+        """
         if guards:
             return self.config
-        return dataclasses.replace(self.config, guards=False, margin=0.0)
+        return dataclasses.replace(self.config, guards=False, margin=0.0, turn_threshold=-1.0)
 
     def prime(self, texts: Sequence[tuple[str, str | None]], label: str) -> None:
         self.embedder.prime(
-            (cache_key_text(q, c) for q, c in texts), label=label, progress=self.progress
+            (t for q, c in texts for t in embedded_texts(q, c)),
+            label=label,
+            progress=self.progress,
         )
 
 
@@ -142,18 +177,35 @@ class Query:
     group: str = ""
 
 
-def fill(cache: SemanticCache, stored: Sequence[Stored]) -> Counter[str]:
-    """Write `stored` in order; returns how many live entries hold each answer.
+_DISTINCT = " #"
+
+
+def answer_for(label: str, serial: int, distinct: bool) -> str:
+    """The answer stored for a phrasing of class `label` (its own one when `distinct`)."""
+    return f"{label}{_DISTINCT}{serial}" if distinct else label
+
+
+def class_of(answer: str, distinct: bool) -> str:
+    """The class an entry's answer stands for."""
+    return answer.rsplit(_DISTINCT, 1)[0] if distinct else answer
+
+
+def fill(cache: SemanticCache, stored: Sequence[Stored], distinct: bool = False) -> Counter[str]:
+    """Write `stored` in order; returns how many live entries hold each class.
 
     Two questions with the same key overwrite one another (that is the cache's behaviour),
-    so an answer can vanish: the returned counts say which classes a lookup could still find.
+    so a class can vanish: the returned counts say which classes a lookup could still find.
     """
     by_id: dict[str, str] = {}
-    for item in stored:
+    for serial, item in enumerate(stored):
         entry = cache.put(
-            item.question, item.answer, namespace=NAMESPACE, model=MODEL, usage=Usage(),
+            item.question,
+            answer_for(item.answer, serial, distinct),
+            namespace=NAMESPACE,
+            model=MODEL,
+            usage=Usage(),
             context=item.context,
-        )  # fmt: skip
+        )
         by_id[entry.id] = item.answer
     return Counter(by_id.values())
 
@@ -228,20 +280,21 @@ def _check_agreement(
     for query, expected in list(zip(queries, defaults, strict=True))[:AGREEMENT_SAMPLE]:
         hit = cache.lookup(query.question, NAMESPACE, context=query.context).hit
         ctx.agreement["checked"] += 1
-        ctx.agreement["disagreed"] += hit != expected
+        ctx.agreement["disagreed"] += int(hit != bool(expected))
 
 
 def run_lookups(ctx: Context, stored: Sequence[Stored], queries: Sequence[Query]) -> Outcomes:
-    """Fill one cache per guard setting with `stored`, then explain every query once."""
+    """Fill one cache per rule setting with `stored`, then explain every query once."""
     rules = ctx.rules()
     decided: dict[str, Decisions] = {}
     possible = np.zeros(len(queries), dtype=bool)
     similarity = np.full(len(queries), np.nan)
     guard_reasons: list[str | None] = [None] * len(queries)
-    for guards in (True, False):
-        mine = [r for r in rules if r.guards == guards]
+    for setting in dict.fromkeys(r.setting for r in rules):
+        guards, distinct = setting
+        mine = [r for r in rules if r.setting == setting]
         with open_cache(ctx, guards=guards) as cache:
-            present = fill(cache, stored)
+            present = fill(cache, stored, distinct)
             accepted = {r.name: np.zeros((len(ctx.taus), len(queries)), dtype=bool) for r in mine}
             default = {r.name: np.zeros(len(queries), dtype=bool) for r in mine}
             correct = np.zeros(len(queries), dtype=bool)
@@ -249,14 +302,14 @@ def run_lookups(ctx: Context, stored: Sequence[Stored], queries: Sequence[Query]
                 cand = cache.explain(query.question, NAMESPACE, context=query.context)
                 if cand is None:
                     continue
-                correct[j] = cand.entry.answer == query.label
+                correct[j] = class_of(cand.entry.answer, distinct) == query.label
                 for r in mine:
                     accepted[r.name][:, j] = [cand.accepts(t, r.margin) for t in ctx.taus]
                     default[r.name][j] = cand.accepts(ctx.config.threshold, r.margin)
-                if guards:
+                if mine[0].name == SERVER:
                     similarity[j] = cand.similarity
                     guard_reasons[j] = cand.guard
-            if guards:
+            if mine[0].name == SERVER:
                 possible = np.array([present[q.label] > 0 for q in queries], dtype=bool)
             own = mine[0]
             _check_agreement(ctx, cache, queries, list(default[own.name]))
@@ -279,10 +332,12 @@ class StreamRun:
     possible: Bools
 
 
-def run_stream(
-    ctx: Context, order: Sequence[Query], tau: float, rule: Rule
-) -> StreamRun:
-    """Serve `order` from an empty cache that stores every lookup it does not accept."""
+def run_stream(ctx: Context, order: Sequence[Query], tau: float, rule: Rule) -> StreamRun:
+    """Serve `order` from an empty cache that stores every lookup it does not accept.
+
+    Each miss stores its own answer, whatever the rule: in the server a miss calls the
+    model, whose answers to two phrasings are two different texts.
+    """
     n = len(order)
     accepted = np.zeros(n, dtype=bool)
     correct = np.zeros(n, dtype=bool)
@@ -295,12 +350,16 @@ def run_stream(
             cand = cache.explain(query.question, NAMESPACE, context=query.context)
             if cand is not None and cand.accepts(tau, rule.margin):
                 accepted[j] = True
-                correct[j] = cand.entry.answer == query.label
+                correct[j] = class_of(cand.entry.answer, True) == query.label
                 continue
             entry = cache.put(
-                query.question, query.label, namespace=NAMESPACE, model=MODEL, usage=Usage(),
+                query.question,
+                answer_for(query.label, j, True),
+                namespace=NAMESPACE,
+                model=MODEL,
+                usage=Usage(),
                 context=query.context,
-            )  # fmt: skip
+            )
             previous = by_id.get(entry.id)
             if previous is not None:
                 present[previous] -= 1

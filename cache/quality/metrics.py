@@ -108,9 +108,19 @@ class Point:
 
 
 METRIC_COLUMNS = (
-    "n", "tp", "fp", "fn", "tn", "hit_rate", "error_rate", "false_hit_rate",
-    "precision", "precision_lb95", "recall", "f1",
-)  # fmt: skip
+    "n",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "hit_rate",
+    "error_rate",
+    "false_hit_rate",
+    "precision",
+    "precision_lb95",
+    "recall",
+    "f1",
+)
 
 
 def point(tau: float, accepted: Bools, correct: Bools, possible: Bools) -> Point:
@@ -129,9 +139,7 @@ def point(tau: float, accepted: Bools, correct: Bools, possible: Bools) -> Point
     )
 
 
-def sweep(
-    taus: Sequence[float], accepted: Bools, correct: Bools, possible: Bools
-) -> list[Point]:
+def sweep(taus: Sequence[float], accepted: Bools, correct: Bools, possible: Bools) -> list[Point]:
     """One Point per threshold; `accepted` has one row per threshold, one column per lookup."""
     acc = np.asarray(accepted, dtype=bool)
     if acc.ndim != 2 or acc.shape[0] != len(taus):
@@ -160,9 +168,7 @@ def recall_at_precision(
 
     Only points with `min_hits` hits or more count: a precision of 1 on three hits says little.
     """
-    eligible = [
-        p for p in points if p.hits >= min_hits and p.precision >= min_precision - 1e-12
-    ]
+    eligible = [p for p in points if p.hits >= min_hits and p.precision >= min_precision - 1e-12]
     if not eligible:
         return None
     return max(eligible, key=lambda p: (p.recall, p.precision, p.tau))
