@@ -355,7 +355,7 @@ class SemanticCache:
         types?"), and a short follow-up hides which conversation it belongs to; compared
         turn by turn, both differences show (measured on the S5 chains, benchmarks/results).
         """
-        if not context and not entry.context:
+        if not self.config.guards or (not context and not entry.context):
             return None
         texts = [normalized, entry.normalized_question]
         if context and entry.context and context != entry.context:
