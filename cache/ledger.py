@@ -191,14 +191,21 @@ class Ledger:
         )
 
 
-def _window(since: float | None, until: float | None) -> tuple[str, tuple[object, ...]]:
-    clauses, params = [], []
+def window_clauses(since: float | None, until: float | None) -> tuple[list[str], list[object]]:
+    """SQL conditions (and their parameters) selecting rows from `since` until `until`."""
+    clauses: list[str] = []
+    params: list[object] = []
     if since is not None:
         clauses.append("ts >= ?")
         params.append(since)
     if until is not None:
         clauses.append("ts < ?")
         params.append(until)
+    return clauses, params
+
+
+def _window(since: float | None, until: float | None) -> tuple[str, tuple[object, ...]]:
+    clauses, params = window_clauses(since, until)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 import msgspec
 
 from .entry import Usage
-from .ledger import Ledger, UsageLine, UsageReport
+from .ledger import Ledger, UsageLine, UsageReport, window_clauses
 from .pricing import PriceTable
 
 SYSTEM_PROMPT_LIMIT = 500
@@ -48,13 +48,8 @@ def findings(
         "stop_reason != 'incomplete stream'",
         "endpoint != 'history-summary'",  # the server's own calls, sized by the server
     ]
-    params: list[object] = []
-    if since is not None:
-        where.append("ts >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("ts < ?")
-        params.append(until)
+    clauses, params = window_clauses(since, until)
+    where += clauses
     rows = ledger.query(
         "SELECT endpoint, model, input_tokens, output_tokens, cache_creation_input_tokens,"
         " cache_read_input_tokens, cost_usd, max_tokens, system_tokens, reason,"

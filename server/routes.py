@@ -55,21 +55,23 @@ def _timestamp(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
+def _not_ready(state: State) -> Unavailable:
+    return Unavailable(
+        state.get("load_error") or "the cache is still starting (loading the embedding model)"
+    )
+
+
 def provide_cache(state: State) -> SemanticCache:
     cache: SemanticCache | None = state.get("cache")
     if cache is None:
-        raise Unavailable(
-            state.get("load_error") or "the cache is still starting (loading the embedding model)"
-        )
+        raise _not_ready(state)
     return cache
 
 
 def provide_answerer(state: State) -> Answerer:
     answerer: Answerer | None = state.get("answerer")
     if answerer is None:
-        raise Unavailable(
-            state.get("load_error") or "the cache is still starting (loading the embedding model)"
-        )
+        raise _not_ready(state)
     return answerer
 
 
