@@ -39,7 +39,7 @@ import uvicorn
 
 from cache import SemanticCache
 from cache.entry import Usage
-from embeddings import SentenceTransformerEmbedder
+from embeddings import BatchingEmbedder, SentenceTransformerEmbedder
 from server.app import create_app
 from server.settings import Settings
 
@@ -257,7 +257,8 @@ def main() -> None:
     print(HEADER)
 
     with tempfile.TemporaryDirectory(prefix="semcache-bench-") as data_dir:
-        cache = SemanticCache(Path(data_dir), embedder)
+        # As the server does (server/app.py): concurrent lookups share model calls.
+        cache = SemanticCache(Path(data_dir), BatchingEmbedder(embedder))
         usage = Usage(input_tokens=100, output_tokens=50)
         for n, question in enumerate(stored):
             cache.put(

@@ -18,7 +18,7 @@ from litestar.openapi import OpenAPIConfig
 
 from cache import CacheConfig, PriceTable, SemanticCache
 from cache.answering import Answerer
-from embeddings import Embedder, SentenceTransformerEmbedder
+from embeddings import BatchingEmbedder, Embedder, SentenceTransformerEmbedder
 
 from .problems import EXCEPTION_HANDLERS
 from .proxy import Proxy, messages
@@ -67,9 +67,13 @@ def create_app(
     )
 
     async def open_resources(app: Litestar, opened: list[Any]) -> None:
-        model = embedder
-        if model is None:
-            model = await anyio.to_thread.run_sync(SentenceTransformerEmbedder, settings.model_path)
+        loaded = embedder
+        if loaded is None:
+            loaded = await anyio.to_thread.run_sync(
+                SentenceTransformerEmbedder, settings.model_path
+            )
+        # Lookups run in worker threads: concurrent ones share model calls.
+        model = BatchingEmbedder(loaded)
         kwargs = {"clock": clock} if clock is not None else {}
         cache = await anyio.to_thread.run_sync(
             lambda: SemanticCache(
