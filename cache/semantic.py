@@ -322,8 +322,8 @@ class SemanticCache:
         """
         namespace = validate_namespace(namespace)
         normalized = validate_question(question, self.config.max_question_chars)
-        text = key_text(normalized, normalize_question(context) if context else None)
         context_key = normalize_question(context) if context else None
+        text = key_text(normalized, context_key)
         return self._candidate(
             question, text, (namespace, self.version(namespace), scope), context_key
         )
@@ -348,7 +348,7 @@ class SemanticCache:
     def _guard(self, query: str, stored: str) -> str | None:
         return guards.check(query, stored) if self.config.guards else None
 
-    def _conversation_guard(self, normalized: str, context: str | None, entry: Entry) -> str | None:
+    def _conversation_guard(self, question: str, context: str | None, entry: Entry) -> str | None:
         """In a conversation, each turn must match on its own as well as together.
 
         Embedded together, a long first turn drowns a short follow-up ("What are its
@@ -357,6 +357,7 @@ class SemanticCache:
         """
         if not self.config.guards or (not context and not entry.context):
             return None
+        normalized = normalize_question(question)
         texts = [normalized, entry.normalized_question]
         if context and entry.context and context != entry.context:
             texts += [context, entry.context]
@@ -410,7 +411,7 @@ class SemanticCache:
         if entry is None or not entry.is_live(now):
             return None
         guard = self._guard(question, entry.question) or self._conversation_guard(
-            normalize_question(question), context, entry
+            question, context, entry
         )
         if negative_pair(entry, text) in self._negatives:
             guard = "reported wrong for this question"
@@ -443,7 +444,8 @@ class SemanticCache:
         namespace = validate_namespace(namespace)
         normalized = validate_question(question, self.config.max_question_chars)
         threshold = self.config.threshold if threshold is None else validate_threshold(threshold)
-        text = key_text(normalized, normalize_question(context) if context else None)
+        context_key = normalize_question(context) if context else None
+        text = key_text(normalized, context_key)
         version = self.version(namespace)
         result = LookupResult(
             hit=False, lookup_id=uuid.uuid4().hex, namespace=namespace, catalog_version=version
@@ -453,7 +455,7 @@ class SemanticCache:
                 question,
                 text,
                 (namespace, version, scope),
-                normalize_question(context) if context else None,
+                context_key,
             )
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
