@@ -2,13 +2,17 @@
 
 from .base import Embedder, Matrix, l2_normalise
 from .batching import BatchingEmbedder
+from .loading import Backend, default_graph_dir, load_embedder
 from .sentence import SentenceTransformerEmbedder, default_model_path
 
 __all__ = [
+    "Backend",
     "BatchingEmbedder",
     "Embedder",
     "Matrix",
     "SentenceTransformerEmbedder",
+    "default_graph_dir",
     "default_model_path",
     "l2_normalise",
+    "load_embedder",
 ]

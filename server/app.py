@@ -18,7 +18,7 @@ from litestar.openapi import OpenAPIConfig
 
 from cache import CacheConfig, PriceTable, SemanticCache
 from cache.answering import Answerer
-from embeddings import BatchingEmbedder, Embedder, SentenceTransformerEmbedder
+from embeddings import BatchingEmbedder, Embedder, load_embedder
 
 from .problems import EXCEPTION_HANDLERS
 from .proxy import Proxy, messages
@@ -70,7 +70,12 @@ def create_app(
         loaded = embedder
         if loaded is None:
             loaded = await anyio.to_thread.run_sync(
-                SentenceTransformerEmbedder, settings.model_path
+                lambda: load_embedder(
+                    settings.model_path,
+                    backend=settings.embedder_backend,
+                    graph_dir=settings.graph_dir or Path(settings.data_dir) / "models",
+                    threads=settings.embed_threads,
+                )
             )
         # Lookups run in worker threads: concurrent ones share model calls.
         model = BatchingEmbedder(loaded)

@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> int:
     from cache import CacheConfig
     from cache.calibrate import calibrate, render
-    from embeddings import SentenceTransformerEmbedder
+    from embeddings import load_embedder
 
     if not 0 < target <= 1:
         print("semcache: --target-precision must be in (0, 1]", file=sys.stderr)
@@ -81,7 +81,12 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
     try:
         result = calibrate(
             file,
-            SentenceTransformerEmbedder(settings.model_path),
+            load_embedder(
+                settings.model_path,
+                backend=settings.embedder_backend,
+                graph_dir=settings.graph_dir,
+                threads=settings.embed_threads,
+            ),
             target_precision=target,
             config=CacheConfig(guards=settings.guards, max_question_chars=10**6),
         )

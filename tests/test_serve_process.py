@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from embeddings.onnx_embedder import OnnxEmbedder
+
 ADMIN_TOKEN = "test-admin-token"
 
 
@@ -30,12 +32,19 @@ def semcache_command() -> list[str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, graph_dir: Path) -> None:
         self.data_dir = data_dir
+        self.graph_dir = graph_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"server-{self.port}.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SEMCACHE_ADMIN_TOKEN": ADMIN_TOKEN}
+        # The default (ONNX) backend, on the graph the session fixture exported once.
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "SEMCACHE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "SEMCACHE_GRAPH_DIR": str(graph_dir),
+        }
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -76,8 +85,8 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path / "data")
+def server(tmp_path: Path, onnx_embedder: OnnxEmbedder) -> Iterator[Server]:
+    srv = Server(tmp_path / "data", onnx_embedder.graph_path.parent)
     yield srv
     srv.stop()
 
@@ -127,10 +136,12 @@ def test_readme_flow_and_restart(server: Server) -> None:
     log = server.log.read_text()
     assert "semcache stopped" in log
     assert ADMIN_TOKEN not in log
+    # It ran the default ONNX backend on the graph exported before, without a new export.
+    assert "ONNX backend unavailable" not in log and "min cosine" not in log
     index_file = server.data_dir / "index" / "support@1.faiss"
     assert index_file.exists()
 
-    again = Server(server.data_dir)
+    again = Server(server.data_dir, server.graph_dir)
     try:
         with httpx.Client(base_url=again.base, timeout=30) as client:
             check_after_restart(client, entry_id)

@@ -96,9 +96,9 @@ def run_suites(
     started = time.perf_counter()
     code = _code_version()  # taken first: the code under test is what was imported by now
     if embedder is None:
-        from embeddings import SentenceTransformerEmbedder
+        from embeddings import load_embedder
 
-        embedder = SentenceTransformerEmbedder()
+        embedder = load_embedder()
     memo = MemoEmbedder(embedder, memo_dir if memo_dir is not None else default_memo_dir())
     ctx = Context(
         data_dir=Path(data_dir),

@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model-path", type=Path, help="sentence-transformers model folder")
     parser.add_argument(
+        "--backend",
+        choices=["onnx", "torch"],
+        default="onnx",
+        help="embedding backend (same vectors; onnx is faster, torch needs no export)",
+    )
+    parser.add_argument(
         "--memo-dir",
         type=Path,
         help="where embeddings are memoised (default ~/.cache/semcache-eval)",
@@ -63,7 +69,7 @@ def run_from_args(
     """Run the evaluation `args` describe. `config` is the rule under test (default: the
     shipped `CacheConfig()`); `model_path` the model folder when `--model-path` is not given.
     """
-    from embeddings import SentenceTransformerEmbedder
+    from embeddings import load_embedder
 
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     try:
@@ -80,7 +86,7 @@ def run_from_args(
             args.out,
             suites=suites,
             quick=args.quick,
-            embedder=SentenceTransformerEmbedder(args.model_path or model_path),
+            embedder=load_embedder(args.model_path or model_path, backend=args.backend),
             config=config,
             split=args.split,
             memo_dir=args.memo_dir,

@@ -1,0 +1,51 @@
+"""Choosing and loading the embedding backend: ONNX Runtime by default, torch as the fallback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from .base import Embedder
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["onnx", "torch"]
+
+
+def default_graph_dir() -> Path:
+    """Where exported ONNX graphs are kept when no folder is given: the user's cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "semcache" / "onnx"
+
+
+def load_embedder(
+    model_path: str | Path | None = None,
+    *,
+    backend: Backend = "onnx",
+    graph_dir: str | Path | None = None,
+    threads: int = 0,
+) -> Embedder:
+    """Load the model folder (default all-MiniLM-L6-v2) with the chosen backend.
+
+    Both backends give the same vectors and the same name. If the ONNX export fails (an
+    architecture the exporter cannot trace, a mismatch with torch), the torch backend is used
+    and a warning says why, because a slower server is better than none.
+    """
+    if backend == "onnx":
+        from .onnx_embedder import ExportError, OnnxEmbedder
+
+        try:
+            return OnnxEmbedder(
+                model_path,
+                cache_dir=graph_dir if graph_dir is not None else default_graph_dir(),
+                threads=threads,
+            )
+        except (ExportError, ImportError) as exc:
+            log.warning("ONNX backend unavailable (%s); using sentence-transformers", exc)
+    elif backend != "torch":
+        raise ValueError(f"unknown embedder backend {backend!r}; use 'onnx' or 'torch'")
+    from .sentence import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(model_path)
