@@ -9,19 +9,22 @@ from .errors import (
     Unavailable,
     VersionConflict,
 )
+from .index import IndexPolicy
 from .normalize import NAMESPACE_PATTERN, normalize_question
 from .pricing import ModelPrice, PriceTable
-from .semantic import CacheConfig, LookupResult, SemanticCache
+from .semantic import CacheConfig, LookupResult, NewEntry, SemanticCache
 from .stats import NamespaceStats
 
 __all__ = [
     "NAMESPACE_PATTERN",
     "CacheConfig",
     "Entry",
+    "IndexPolicy",
     "InvalidInput",
     "LookupResult",
     "ModelPrice",
     "NamespaceStats",
+    "NewEntry",
     "NotFound",
     "PriceTable",
     "SemanticCache",

@@ -9,8 +9,8 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ from .entry import (
     parse_entry_id,
 )
 from .errors import InvalidInput, NotFound, Unavailable, VersionConflict
-from .index import GroupIndex
+from .index import GroupIndex, IndexPolicy
 from .ledger import Ledger, LedgerRow, UsageLine
 from .normalize import (
     normalize_question,
@@ -50,6 +50,19 @@ GroupKey = tuple[str, int, str]  # namespace, catalog version, scope
 _REEMBED_BATCH = 256
 MAX_TTL_S = 100 * 365 * 86_400.0
 MAX_VERSION = 2**53 - 1
+
+
+class NewEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One answer to store with `SemanticCache.put_batch`."""
+
+    question: str
+    answer: str
+    model: str
+    usage: Usage
+    namespace: str = "default"
+    ttl_s: float | None = None
+    scope: str = ""
+    context: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +87,8 @@ class CacheConfig:
     """In a conversation, how alike each turn must be on its own (see _conversation_guard)."""
     neighbours: int = 16
     """How many nearest entries are read to find the nearest different answer."""
+    index: IndexPolicy = field(default_factory=IndexPolicy)
+    """When a large group moves from exact to approximate (IVF) search."""
 
 
 def answer_key(answer: str) -> int:
@@ -254,7 +269,7 @@ class SemanticCache:
             log.info("index %s missing: rebuilding from the store", path.name)
             return None
         try:
-            group = GroupIndex.load(path, self._embedder.dim)
+            group = GroupIndex.load(path, self._embedder.dim, self.config.index)
         except ValueError as exc:
             log.warning("%s: rebuilding from the store", exc)
             return None
@@ -264,7 +279,7 @@ class SemanticCache:
         return group
 
     def _rebuild_group(self, entries: dict[int, Entry], *, reuse_vectors: bool) -> GroupIndex:
-        group = GroupIndex(self._embedder.dim)
+        group = GroupIndex(self._embedder.dim, policy=self.config.index)
         ids: list[int] = []
         vectors: list[np.ndarray[Any, Any]] = []
         missing: list[int] = []
@@ -295,6 +310,7 @@ class SemanticCache:
                 [entries[i].expires_at for i in batch],
                 [answer_key(entries[i].answer) for i in batch],
             )
+        group.upgrade()  # a large group starts on the index it will be saved as
         group.dirty = True
         return group
 
@@ -641,52 +657,17 @@ class SemanticCache:
         Returns once the entry is durable. The same normalised question (and context) in the
         same namespace, scope and version overwrites the earlier entry.
         """
-        namespace = validate_namespace(namespace)
-        normalized = validate_question(question, self.config.max_question_chars)
-        normalized_context = normalize_question(context) if context else None
-        ttl = self._check_write(answer, model, usage, ttl_s)
-        text = key_text(normalized, normalized_context)
-        try:
-            vector = self._embedder.embed([text])[0]
-        except Exception as exc:
-            self.counters.add(namespace, "write_errors")
-            log.exception("embedding failed: entry not stored")
-            raise Unavailable("the embedding model failed; the entry was not stored") from exc
-        cost = self.prices.cost(model, usage)
-        with self._write_lock:
-            version = self.version(namespace)
-            key = (namespace, version, scope)
-            int_id = entry_int_id(*key, text)
-            now = self._clock()
-            entry = Entry(
-                id=format_entry_id(int_id),
-                namespace=namespace,
-                catalog_version=version,
-                question=question,
-                normalized_question=normalized,
-                answer=answer,
-                model=model,
-                usage=usage,
-                cost_usd=cost,
-                created_at=now,
-                expires_at=None if ttl is None else now + ttl,
-                scope=scope,
-                context=normalized_context,
-            )
-            try:
-                self._store.put_entry(entry, int_id, vector)
-            except Exception as exc:
-                self.counters.add(namespace, "write_errors")
-                log.exception("store write failed: entry not stored")
-                raise Unavailable("the store could not write the entry; it was not stored") from exc
-            group = self._groups.get(key)
-            if group is None:
-                group = self._groups[key] = GroupIndex(self._embedder.dim)
-            group.add([int_id], vector.reshape(1, -1), [entry.expires_at], [answer_key(answer)])
-            with self._hits_lock:
-                self._hits_pending.pop(int_id, None)
-        self.counters.add(namespace, "writes")
-        return entry
+        item = NewEntry(
+            question=question,
+            answer=answer,
+            namespace=namespace,
+            model=model,
+            usage=usage,
+            ttl_s=ttl_s,
+            scope=scope,
+            context=context,
+        )
+        return self.put_batch([item])[0]
 
     def put_many(
         self,
@@ -699,23 +680,107 @@ class SemanticCache:
         ttl_s: float | None = None,
         context: str | None = None,
     ) -> list[Entry]:
-        """Store several phrasings (aliases) of one answer; all are checked before any is
-        written, so a bad alias stores nothing."""
-        for question in questions:
-            validate_question(question, self.config.max_question_chars)
-        self._check_write(answer, model, usage, ttl_s)
-        return [
-            self.put(
-                q,
-                answer,
-                namespace=namespace,
-                model=model,
-                usage=usage,
-                ttl_s=ttl_s,
-                context=context,
+        """Store several phrasings (aliases) of one answer, all or none."""
+        return self.put_batch(
+            [
+                NewEntry(
+                    question=q,
+                    answer=answer,
+                    namespace=namespace,
+                    model=model,
+                    usage=usage,
+                    ttl_s=ttl_s,
+                    context=context,
+                )
+                for q in questions
+            ]
+        )
+
+    def put_batch(self, items: Sequence[NewEntry]) -> list[Entry]:
+        """Store many entries with one embedding call per batch and one transaction.
+
+        Every item is checked before anything is written, and the write is one transaction:
+        when this returns all are durable, and when it raises none was stored.
+        """
+        checked = []
+        for item in items:
+            namespace = validate_namespace(item.namespace)
+            normalized = validate_question(item.question, self.config.max_question_chars)
+            context = normalize_question(item.context) if item.context else None
+            ttl = self._check_write(item.answer, item.model, item.usage, item.ttl_s)
+            checked.append((item, namespace, normalized, context, ttl))
+        if not checked:
+            return []
+        texts = [key_text(normalized, context) for _, _, normalized, context, _ in checked]
+        namespaces = {namespace for _, namespace, _, _, _ in checked}
+        try:
+            vectors = np.vstack(
+                [
+                    self._embedder.embed(texts[start : start + _REEMBED_BATCH])
+                    for start in range(0, len(texts), _REEMBED_BATCH)
+                ]
             )
-            for q in questions
-        ]
+        except Exception as exc:
+            for namespace in namespaces:
+                self.counters.add(namespace, "write_errors")
+            log.exception("embedding failed: nothing stored")
+            raise Unavailable("the embedding model failed; nothing was stored") from exc
+        with self._write_lock:
+            now = self._clock()
+            rows: list[tuple[Entry, int, GroupKey]] = []
+            for (item, namespace, normalized, context, ttl), text in zip(
+                checked, texts, strict=True
+            ):
+                version = self.version(namespace)
+                key = (namespace, version, item.scope)
+                int_id = entry_int_id(*key, text)
+                entry = Entry(
+                    id=format_entry_id(int_id),
+                    namespace=namespace,
+                    catalog_version=version,
+                    question=item.question,
+                    normalized_question=normalized,
+                    answer=item.answer,
+                    model=item.model,
+                    usage=item.usage,
+                    cost_usd=self.prices.cost(item.model, item.usage),
+                    created_at=now,
+                    expires_at=None if ttl is None else now + ttl,
+                    scope=item.scope,
+                    context=context,
+                )
+                rows.append((entry, int_id, key))
+            try:
+                stored = zip(rows, vectors, strict=True)
+                self._store.put_entries([(entry, int_id, v) for (entry, int_id, _), v in stored])
+            except Exception as exc:
+                for namespace in namespaces:
+                    self.counters.add(namespace, "write_errors")
+                log.exception("store write failed: nothing stored")
+                raise Unavailable("the store could not write; nothing was stored") from exc
+            by_group: dict[GroupKey, list[int]] = {}
+            for row, (_, _, key) in enumerate(rows):
+                by_group.setdefault(key, []).append(row)
+            for key, members in by_group.items():
+                # A question repeated within one batch: the last write of its id wins.
+                last = list({rows[row][1]: row for row in members}.values())
+                group = self._groups.get(key)
+                if group is None:
+                    group = self._groups[key] = GroupIndex(
+                        self._embedder.dim, policy=self.config.index
+                    )
+                group.add(
+                    [rows[row][1] for row in last],
+                    vectors[last],
+                    [rows[row][0].expires_at for row in last],
+                    [answer_key(rows[row][0].answer) for row in last],
+                )
+            with self._hits_lock:
+                for _, int_id, _ in rows:
+                    self._hits_pending.pop(int_id, None)
+        for entry, _, _ in rows:
+            self.counters.add(entry.namespace, "writes")
+        return [entry for entry, _, _ in rows]
 
     def delete(self, entry_id: str) -> Entry:
         """Delete an entry (of any version); NotFound if there is none."""
@@ -791,6 +856,8 @@ class SemanticCache:
         """Persist counters, hit counts, the ledger and changed indexes. Safe at any time."""
         with self._hits_lock:
             pending, self._hits_pending = self._hits_pending, {}
+        for group in list(self._groups.values()):
+            group.upgrade()  # outside the write lock: writes go on while a large group trains
         with self._write_lock:
             for int_id, (count, last) in pending.items():
                 entry = self._store.get_entry(int_id)
