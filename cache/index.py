@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,10 @@ class IndexPolicy:
     ivf_min_entries: int = 50_000
     ivf_lists: int = 1024
     ivf_probes: int = 16
+    large_save_interval_s: float = 300.0
+    """A group this large is written to disk at most this often (and at shutdown): writing
+    1.5 GB every few seconds would stall its writes. After a crash the saved index is
+    patched from the store, so a late save costs a short catch-up, never an entry."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.ivf_probes <= self.ivf_lists <= self.ivf_min_entries:
@@ -116,19 +121,23 @@ class GroupIndex:
         self._journal: list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]] | None
         self._journal = None
         self._upgrading = threading.Lock()
-        self._expiry: dict[int, float] = {}
+        # Per id, kept lean for million-entry groups: the answer key of every id, the expiry of
+        # only those with a TTL, and per answer one id or, when it has several, their set.
         self._answers: dict[int, int] = {}  # id -> key of its answer (alike answers, one key)
-        self._members: dict[int, set[int]] = {}  # answer key -> ids of its phrasings
+        self._expiry: dict[int, float] = {}  # id -> expiry, for ids that expire
+        self._members: dict[int, int | set[int]] = {}  # answer key -> its phrasings' ids
         self._centroids: dict[int, np.ndarray[Any, Any]] = {}  # answer key -> unit mean vector
         self._lock = RWLock()
+        self._saving = threading.Lock()
         self.dirty = False
+        self.saved_at: float | None = None  # monotonic time of the last save or load
 
     def __len__(self) -> int:
-        return len(self._expiry)
+        return len(self._answers)
 
     def ids(self) -> set[int]:
         with self._lock.read():
-            return set(self._expiry)
+            return set(self._answers)
 
     @property
     def kind(self) -> str:
@@ -151,12 +160,12 @@ class GroupIndex:
         return np.concatenate(parts)
 
     def is_live(self, int_id: int, now: float) -> bool:
-        expires = self._expiry.get(int_id)
-        return expires is not None and expires > now
+        return int_id in self._answers and self._expiry.get(int_id, math.inf) > now
 
     def live_count(self, now: float) -> int:
         with self._lock.read():
-            return sum(1 for expires in self._expiry.values() if expires > now)
+            expired = sum(1 for expires in self._expiry.values() if expires <= now)
+            return len(self._answers) - expired
 
     def expired_ids(self, now: float) -> list[int]:
         with self._lock.read():
@@ -167,19 +176,44 @@ class GroupIndex:
 
     def track(self, int_id: int, expires_at: float | None, answer_key: int) -> None:
         """Track an id whose vector is already in the index (used when loading a saved index)."""
-        self._expiry[int_id] = math.inf if expires_at is None else expires_at
+        self._set_expiry(int_id, expires_at)
         self._set_answer(int_id, answer_key)
+
+    def _set_expiry(self, int_id: int, expires_at: float | None) -> None:
+        if expires_at is None:
+            self._expiry.pop(int_id, None)
+        else:
+            self._expiry[int_id] = expires_at
 
     def _set_answer(self, int_id: int, answer_key: int) -> None:
         old = self._answers.get(int_id)
         if old is not None:
-            self._members[old].discard(int_id)
-            self._centroids.pop(old, None)
-            if not self._members[old]:
-                del self._members[old]
+            self._drop_member(old, int_id)
         self._answers[int_id] = answer_key
-        self._members.setdefault(answer_key, set()).add(int_id)
+        members = self._members.get(answer_key)
+        if members is None:
+            self._members[answer_key] = int_id
+        elif isinstance(members, int):
+            if members != int_id:
+                self._members[answer_key] = {members, int_id}
+        else:
+            members.add(int_id)
         self._centroids.pop(answer_key, None)
+
+    def _drop_member(self, answer_key: int, int_id: int) -> None:
+        members = self._members.get(answer_key)
+        self._centroids.pop(answer_key, None)
+        if members is None:
+            return
+        if isinstance(members, int):
+            if members == int_id:
+                del self._members[answer_key]
+            return
+        members.discard(int_id)
+        if len(members) == 1:
+            self._members[answer_key] = next(iter(members))
+        elif not members:
+            del self._members[answer_key]
 
     def answer_similarities(
         self, vector: np.ndarray[Any, Any], answers: list[int]
@@ -196,12 +230,16 @@ class GroupIndex:
                 centroid = self._centroids.get(answer)
                 if centroid is None:
                     members = self._members.get(answer)
-                    if not members:
+                    if members is None:
                         continue
-                    stacked = np.vstack([self._index.reconstruct(i) for i in members])
-                    mean = stacked.mean(axis=0)
-                    centroid = mean / max(float(np.linalg.norm(mean)), 1e-12)
-                    self._centroids[answer] = centroid  # idempotent: a race only recomputes
+                    if isinstance(members, int):
+                        # One phrasing is its own centroid: read it, do not keep a copy.
+                        centroid = self._index.reconstruct(members)
+                    else:
+                        stacked = np.vstack([self._index.reconstruct(i) for i in members])
+                        mean = stacked.mean(axis=0)
+                        centroid = mean / max(float(np.linalg.norm(mean)), 1e-12)
+                        self._centroids[answer] = centroid  # a race only recomputes it
                 out[answer] = min(1.0, max(-1.0, float(centroid @ query)))
         return out
 
@@ -216,32 +254,27 @@ class GroupIndex:
         matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         with self._lock.write():
             # Upsert: a rewritten question replaces its old vector instead of duplicating it.
-            known = [i for i in ids if i in self._expiry]
+            known = [i for i in ids if i in self._answers]
             if known:
                 self._index.remove_ids(np.asarray(known, dtype=np.int64))
             self._index.add_with_ids(matrix, id_array)
             if self._journal is not None:
                 self._journal.append((id_array, matrix.copy()))
             for int_id, expires, answer in zip(ids, expiries, answer_keys, strict=True):
-                self._expiry[int_id] = math.inf if expires is None else expires
+                self._set_expiry(int_id, expires)
                 self._set_answer(int_id, answer)
             self.dirty = True
 
     def remove(self, ids: list[int]) -> int:
         with self._lock.write():
-            present = [i for i in ids if i in self._expiry]
+            present = [i for i in ids if i in self._answers]
             if present:
                 self._index.remove_ids(np.asarray(present, dtype=np.int64))
                 if self._journal is not None:
                     self._journal.append((np.asarray(present, dtype=np.int64), None))
                 for int_id in present:
-                    del self._expiry[int_id]
-                    answer = self._answers.pop(int_id, None)
-                    if answer is not None:
-                        self._members[answer].discard(int_id)
-                        self._centroids.pop(answer, None)
-                        if not self._members[answer]:
-                            del self._members[answer]
+                    self._expiry.pop(int_id, None)
+                    self._drop_member(self._answers.pop(int_id), int_id)
                 self.dirty = True
             return len(present)
 
@@ -251,6 +284,7 @@ class GroupIndex:
         """Up to `k` nearest live ids with their cosine similarity, nearest first."""
         query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
         found: list[tuple[int, float]] = []
+        answers, expiry = self._answers, self._expiry
         with self._lock.read():
             total = self._index.ntotal
             width = min(k, total)
@@ -259,7 +293,7 @@ class GroupIndex:
                 found = [
                     (int(i), min(1.0, max(-1.0, float(sim))))
                     for sim, i in zip(sims[0], ids[0], strict=True)
-                    if i >= 0 and self._expiry.get(int(i), 0.0) > now
+                    if i >= 0 and int(i) in answers and expiry.get(int(i), math.inf) > now
                 ]
                 # Fewer than `width` results: an IVF index has no more in the clusters it probed.
                 if len(found) >= k or width == total or ids[0][-1] < 0:
@@ -297,14 +331,37 @@ class GroupIndex:
                 self.dirty = True
         return True
 
+    def save_due(self, now: float) -> bool:
+        """Whether a flush at monotonic time `now` should write this group's index."""
+        if not self.dirty:
+            return False
+        if len(self) < self.policy.ivf_min_entries or self.saved_at is None:
+            return True
+        return now - self.saved_at >= self.policy.large_save_interval_s
+
     def save(self, path: Path) -> None:
         """Write the index atomically: a crash leaves the old file or the new one, never half."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with self._lock.read():
-            faiss.write_index(self._index, str(tmp))
-            self.dirty = False
-        os.replace(tmp, path)
+        with self._saving:
+            with self._lock.read():
+                faiss.write_index(self._index, str(tmp))
+                self.dirty = False
+                self.saved_at = time.monotonic()
+            os.replace(tmp, path)
+
+    def patch(self, remove: list[int], ids: list[int], vectors: np.ndarray[Any, Any]) -> None:
+        """Bring a loaded index up to date with the store: drop `remove`, add `ids`.
+
+        Only the vectors change; the caller tracks every id of the store afterwards.
+        """
+        with self._lock.write():
+            if remove:
+                self._index.remove_ids(np.asarray(remove, dtype=np.int64))
+            if ids:
+                matrix = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+                self._index.add_with_ids(matrix, np.asarray(ids, dtype=np.int64))
+            self.dirty = True
 
     @classmethod
     def load(cls, path: Path, dim: int, policy: IndexPolicy | None = None) -> GroupIndex:
@@ -321,4 +378,6 @@ class GroupIndex:
             if index.direct_map.type != _HASHTABLE:
                 raise ValueError(f"index {path} cannot remove ids in place")
             index.nprobe = (policy or IndexPolicy()).ivf_probes
-        return cls(dim, index, policy)
+        group = cls(dim, index, policy)
+        group.saved_at = time.monotonic()
+        return group

@@ -52,6 +52,15 @@ MAX_TTL_S = 100 * 365 * 86_400.0
 MAX_VERSION = 2**53 - 1
 
 
+@dataclass
+class _GroupRows:
+    """What start-up keeps of each stored entry of one group, column by column."""
+
+    ids: list[int] = field(default_factory=list)
+    expiries: list[float | None] = field(default_factory=list)
+    answers: list[int] = field(default_factory=list)
+
+
 class NewEntry(msgspec.Struct, kw_only=True, frozen=True):
     """One answer to store with `SemanticCache.put_batch`."""
 
@@ -204,6 +213,7 @@ class SemanticCache:
         self._dir = Path(directory)
         self._index_dir = self._dir / "index"
         self._write_lock = threading.Lock()
+        self._purging = threading.Lock()  # one purge at a time: periodic and /admin/purge
         # Single queries on a small index are slower with OpenMP threads than without.
         faiss.omp_set_num_threads(1)
         self._store = EntryStore(self._dir / "store")
@@ -219,6 +229,8 @@ class SemanticCache:
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
         self.indexes_rebuilt = 0
+        self.indexes_patched = 0
+        """How many reused index files lagged the store (a crash) and were caught up."""
         self._load_groups()
 
     @staticmethod
@@ -237,24 +249,35 @@ class SemanticCache:
         return f"{self._embedder.name}/{self._embedder.dim}"
 
     def _load_groups(self) -> None:
-        """Rebuild in-memory state from the store, the source of truth; reuse saved indexes."""
-        members: dict[GroupKey, dict[int, Entry]] = {}
+        """Rebuild in-memory state from the store, the source of truth; reuse saved indexes.
+
+        Only what the index needs is kept per entry (id, expiry, answer key), never the
+        entries themselves: a million of them would stay in the process's memory for good.
+        """
+        members: dict[GroupKey, _GroupRows] = {}
         for int_id, entry in self._store.iter_entries():
             key = (entry.namespace, entry.catalog_version, entry.scope)
             if entry.catalog_version < self.version(entry.namespace):
                 self._stale_groups.add(key)
                 continue
-            members.setdefault(key, {})[int_id] = entry
+            rows = members.get(key)
+            if rows is None:
+                rows = members[key] = _GroupRows()
+            rows.ids.append(int_id)
+            rows.expiries.append(entry.expires_at)
+            rows.answers.append(answer_key(entry.answer))
         same_model = self._store.embedder_id() in (None, self._embedder_id())
-        for key, entries in members.items():
-            group = self._load_saved_index(key, set(entries)) if same_model else None
+        for key, rows in members.items():
+            group = self._load_saved_index(key, set(rows.ids)) if same_model else None
             if group is None:
-                group = self._rebuild_group(entries, reuse_vectors=same_model)
+                group = self._rebuild_group(rows, reuse_vectors=same_model)
                 self.indexes_rebuilt += 1
             else:
                 self.indexes_loaded += 1
-            for int_id, entry in entries.items():
-                group.track(int_id, entry.expires_at, answer_key(entry.answer))
+                for int_id, expires, answer in zip(
+                    rows.ids, rows.expiries, rows.answers, strict=True
+                ):
+                    group.track(int_id, expires, answer)
             self._groups[key] = group
         self._store.set_embedder_id(self._embedder_id())
 
@@ -273,42 +296,57 @@ class SemanticCache:
         except ValueError as exc:
             log.warning("%s: rebuilding from the store", exc)
             return None
-        if group.index_ids() != expected:
-            log.warning("index %s is stale: rebuilding from the store", path.name)
-            return None
+        present = group.index_ids()
+        if present != expected:
+            # A crash after writes the index file had not caught up with: the same id always
+            # has the same vector, so adding the store's missing ids and dropping the ids it
+            # no longer has makes the file exact again, without a full rebuild.
+            missing = sorted(expected - present)
+            found = [self._store.get_vector(i, self._embedder.dim) for i in missing]
+            vectors = [v for v in found if v is not None]
+            if len(vectors) != len(missing):
+                log.warning("index %s is stale: rebuilding from the store", path.name)
+                return None
+            extra = sorted(present - expected)
+            matrix = np.vstack(vectors) if vectors else np.zeros((0, self._embedder.dim))
+            group.patch(extra, missing, matrix)
+            self.indexes_patched += 1
+            log.info("index %s patched: %d added, %d removed", path.name, len(missing), len(extra))
         return group
 
-    def _rebuild_group(self, entries: dict[int, Entry], *, reuse_vectors: bool) -> GroupIndex:
+    def _rebuild_group(self, rows: _GroupRows, *, reuse_vectors: bool) -> GroupIndex:
         group = GroupIndex(self._embedder.dim, policy=self.config.index)
-        ids: list[int] = []
+        found: list[int] = []
         vectors: list[np.ndarray[Any, Any]] = []
         missing: list[int] = []
-        for int_id in entries:
+        for row, int_id in enumerate(rows.ids):
             vector = self._store.get_vector(int_id, self._embedder.dim) if reuse_vectors else None
             if vector is None:
-                missing.append(int_id)
+                missing.append(row)
             else:
-                ids.append(int_id)
+                found.append(row)
                 vectors.append(vector)
-        if ids:
+        if found:
             group.add(
-                ids,
+                [rows.ids[r] for r in found],
                 np.vstack(vectors),
-                [entries[i].expires_at for i in ids],
-                [answer_key(entries[i].answer) for i in ids],
+                [rows.expiries[r] for r in found],
+                [rows.answers[r] for r in found],
             )
         # Vectors of another model (or lost ones) are recomputed and stored again.
         for start in range(0, len(missing), _REEMBED_BATCH):
             batch = missing[start : start + _REEMBED_BATCH]
-            texts = [key_text(entries[i].normalized_question, entries[i].context) for i in batch]
+            entries = [self._store.get_entry(rows.ids[r]) for r in batch]
+            kept = [(r, e) for r, e in zip(batch, entries, strict=True) if e is not None]
+            texts = [key_text(e.normalized_question, e.context) for _, e in kept]
             matrix = self._embedder.embed(texts)
-            for int_id, vector in zip(batch, matrix, strict=True):
-                self._store.put_entry(entries[int_id], int_id, vector)
+            for (r, entry), vector in zip(kept, matrix, strict=True):
+                self._store.put_entry(entry, rows.ids[r], vector)
             group.add(
-                batch,
+                [rows.ids[r] for r, _ in kept],
                 matrix,
-                [entries[i].expires_at for i in batch],
-                [answer_key(entries[i].answer) for i in batch],
+                [rows.expiries[r] for r, _ in kept],
+                [rows.answers[r] for r, _ in kept],
             )
         group.upgrade()  # a large group starts on the index it will be saved as
         group.dirty = True
@@ -832,12 +870,26 @@ class SemanticCache:
         """Reclaim the storage and index slots of expired and invalidated entries."""
         removed = 0
         now = self._clock()
-        with self._write_lock:
-            for key in list(self._stale_groups):
+        with self._purging:
+            with self._write_lock:
+                stale = list(self._stale_groups)
+                for key in stale:
+                    self._groups.pop(key, None)
+            # Old versions take no writes, so evicting their records (minutes for a million)
+            # does not hold up the writes of current ones.
+            for key in stale:
                 removed += self._store.evict_group(key[0], key[1])
-                self._groups.pop(key, None)
                 self._index_path(key).unlink(missing_ok=True)
-                self._stale_groups.discard(key)
+                with self._write_lock:
+                    self._stale_groups.discard(key)
+            removed += self._purge_expired(now)
+        if removed:
+            log.info("purged %d expired or invalidated entries", removed)
+        return removed
+
+    def _purge_expired(self, now: float) -> int:
+        removed = 0
+        with self._write_lock:
             for key, group in list(self._groups.items()):
                 expired = group.expired_ids(now)
                 for int_id in expired:
@@ -846,14 +898,16 @@ class SemanticCache:
                 if len(group) == 0:  # nothing left to search: drop the group and its file
                     del self._groups[key]
                     self._index_path(key).unlink(missing_ok=True)
-        if removed:
-            log.info("purged %d expired or invalidated entries", removed)
         return removed
 
     # persistence ---------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Persist counters, hit counts, the ledger and changed indexes. Safe at any time."""
+    def flush(self, *, final: bool = False) -> None:
+        """Persist counters, hit counts, the ledger and changed indexes. Safe at any time.
+
+        Large indexes are written at most every `large_save_interval_s`, and on the `final`
+        flush at shutdown; the store, written on every put, is what makes entries durable.
+        """
         with self._hits_lock:
             pending, self._hits_pending = self._hits_pending, {}
         for group in list(self._groups.values()):
@@ -865,14 +919,23 @@ class SemanticCache:
                     entry.hit_count += count
                     entry.last_hit_at = last
                     self._store.update_entry(entry, int_id)
-            for key, group in list(self._groups.items()):
-                if group.dirty:
-                    group.save(self._index_path(key))
+            now = time.monotonic()
+            due = [
+                (key, group)
+                for key, group in self._groups.items()
+                if group.dirty and (final or group.save_due(now))
+            ]
+        # Written outside the write lock: a large file must not hold up other groups' writes.
+        for key, group in due:
+            group.save(self._index_path(key))
+            with self._write_lock:
+                if self._groups.get(key) is not group:  # purged meanwhile: no file to keep
+                    self._index_path(key).unlink(missing_ok=True)
         if self.counters.dirty:
             self._store.save_stats(self.counters.snapshot(for_flush=True))
         self.ledger.flush()
 
     def close(self) -> None:
-        self.flush()
+        self.flush(final=True)
         self.ledger.close()
         self._store.close()

@@ -150,6 +150,32 @@ def test_a_large_namespace_is_served_through_restarts_ttl_and_bumps(
     assert not again.lookup(probe, namespace="big", threshold=0.0).hit
 
 
+def test_a_large_index_is_saved_on_its_interval_and_at_shutdown(
+    make_cache: MakeCache, tmp_path: Path
+) -> None:
+    policy = IndexPolicy(
+        ivf_min_entries=2_000, ivf_lists=16, ivf_probes=4, large_save_interval_s=3_600
+    )
+    path = tmp_path / "data" / "index" / "big@1.faiss"
+    cache = make_cache(index=policy)
+    cache.put_batch(batch(questions(2_100), namespace="big"))
+    cache.flush()
+    first_save = path.read_bytes()  # a new group is saved at once
+    cache.put_batch(batch(questions(50, start=3_000), namespace="big"))
+    cache.flush()
+    assert path.read_bytes() == first_save  # not again within the interval
+    # A crash now: the file lags the store by 50 entries, and is caught up at start-up.
+    cache._store.close()
+    again = make_cache(index=policy)
+    assert (again.indexes_loaded, again.indexes_patched, again.indexes_rebuilt) == (1, 1, 0)
+    late = questions(1, start=3_049)[0]
+    assert again.lookup(late + " please", namespace="big", threshold=0.5).entry.question == late  # type: ignore[union-attr]
+    again.close()  # the final flush writes it
+    assert path.read_bytes() != first_save
+    third = make_cache(index=policy)
+    assert (third.indexes_loaded, third.indexes_patched, third.indexes_rebuilt) == (1, 0, 0)
+
+
 def test_put_batch_is_all_or_nothing_and_embeds_once(
     make_cache: MakeCache, embedder: HashingEmbedder
 ) -> None:
