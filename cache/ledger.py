@@ -106,16 +106,20 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        # Two locks: a hit appends under `_pending_lock` only, so it never waits for the
+        # flush's SQLite transaction (~50-100 ms at a few thousand rows), held under `_lock`.
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
         self._pending: list[LedgerRow] = []
 
     def record(self, row: LedgerRow) -> None:
-        with self._lock:
+        with self._pending_lock:
             self._pending.append(row)
 
     def flush(self) -> int:
         with self._lock:
-            rows, self._pending = self._pending, []
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
             if not rows:
                 return 0
             try:
@@ -141,7 +145,8 @@ class Ledger:
             except sqlite3.Error:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                self._pending = rows + self._pending  # keep them for the next flush
+                with self._pending_lock:
+                    self._pending = rows + self._pending  # keep them for the next flush
                 raise
             return len(rows)
 

@@ -61,6 +61,10 @@ class _GroupRows:
     answers: list[int] = field(default_factory=list)
 
 
+class _NeedsSearch(Exception):
+    """An exact-only lookup found no repeat: only an embedding and a search can decide."""
+
+
 class NewEntry(msgspec.Struct, kw_only=True, frozen=True):
     """One answer to store with `SemanticCache.put_batch`."""
 
@@ -426,8 +430,16 @@ class SemanticCache:
         return None
 
     def _candidate(
-        self, question: str, text: str, key: GroupKey, context: str | None = None
+        self,
+        question: str,
+        text: str,
+        key: GroupKey,
+        context: str | None = None,
+        *,
+        search: bool = True,
     ) -> Candidate | None:
+        """The entry a lookup would weigh, None when there is none; without `search`, raises
+        _NeedsSearch where only an embedding could tell."""
         group = self._groups.get(key)
         now = self._clock()
         if group is None or len(group) == 0:
@@ -436,12 +448,14 @@ class SemanticCache:
         if group.is_live(int_id, now):
             entry = self._store.get_entry(int_id)
             if entry is not None:
-                wrong = negative_pair(entry, text) in self._negatives
+                wrong = bool(self._negatives) and negative_pair(entry, text) in self._negatives
                 return Candidate(
                     entry=entry, match="exact", similarity=1.0, nearest=1.0,
                     answer_similarity=1.0, runner_up=None, margin=1.0,
                     guard="reported wrong for this question" if wrong else None,
                 )  # fmt: skip
+        if not search:
+            raise _NeedsSearch
         vector = self._embedder.embed([text])[0]
         neighbours = group.search(vector, now, self.config.neighbours)
         if not neighbours:
@@ -467,7 +481,7 @@ class SemanticCache:
         guard = self._guard(question, entry.question) or self._conversation_guard(
             question, context, entry
         )
-        if negative_pair(entry, text) in self._negatives:
+        if self._negatives and negative_pair(entry, text) in self._negatives:
             guard = "reported wrong for this question"
         return Candidate(
             entry=entry,
@@ -495,6 +509,41 @@ class SemanticCache:
 
         Invalid input raises InvalidInput; a failing embedder or store is a miss (fail open).
         """
+        decided = self._lookup(
+            question, namespace, threshold, scope, context, endpoint, source, search=True
+        )
+        assert decided is not None  # with search, every lookup is decided
+        return decided
+
+    def lookup_exact(
+        self,
+        question: str,
+        namespace: str = "default",
+        threshold: float | None = None,
+        *,
+        scope: str = "",
+        context: str | None = None,
+        endpoint: str = "default",
+        source: str = "lookup",
+    ) -> LookupResult | None:
+        """`lookup` when no embedding is needed (a repeat, or a namespace with nothing in it):
+        microseconds, fine on an event loop. None means only `lookup` can tell."""
+        return self._lookup(
+            question, namespace, threshold, scope, context, endpoint, source, search=False
+        )
+
+    def _lookup(
+        self,
+        question: str,
+        namespace: str,
+        threshold: float | None,
+        scope: str,
+        context: str | None,
+        endpoint: str,
+        source: str,
+        *,
+        search: bool,
+    ) -> LookupResult | None:
         namespace = validate_namespace(namespace)
         normalized = validate_question(question, self.config.max_question_chars)
         threshold = self.config.threshold if threshold is None else validate_threshold(threshold)
@@ -506,11 +555,10 @@ class SemanticCache:
         )
         try:
             candidate = self._candidate(
-                question,
-                text,
-                (namespace, version, scope),
-                context_key,
+                question, text, (namespace, version, scope), context_key, search=search
             )
+        except _NeedsSearch:
+            return None
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
             self.counters.record_lookup(namespace, "misses", error=True)

@@ -162,6 +162,9 @@ class OnnxEmbedder:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads would otherwise spin for a while after each call, burning the
+        # cores that concurrent requests (and the HTTP server) need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session: Any = onnxruntime.InferenceSession(
                 str(self.graph_path), options, providers=["CPUExecutionProvider"]

@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
             timeout_graceful_shutdown=10,
         )
     return 0

@@ -103,20 +103,30 @@ class CacheController(Controller):
     path = "/v1"
     tags = ("cache",)
 
-    @post(
-        "/lookup", status_code=HTTP_200_OK, sync_to_thread=True, responses=documented(400, 413, 503)
-    )
-    def lookup(
+    @post("/lookup", status_code=HTTP_200_OK, responses=documented(400, 413, 503))
+    async def lookup(
         self, data: JSONBody[LookupRequest], cache: NamedDependency[SemanticCache]
     ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
-        result = cache.lookup(
+        # A repeat is answered here on the event loop (a hash and a read); only a lookup that
+        # needs the model goes to a worker thread, where concurrent ones share its calls.
+        result = cache.lookup_exact(
             data.question,
             data.namespace,
             data.threshold,
             endpoint=data.endpoint,
             context=data.context,
         )
+        if result is None:
+            result = await anyio.to_thread.run_sync(
+                lambda: cache.lookup(
+                    data.question,
+                    data.namespace,
+                    data.threshold,
+                    endpoint=data.endpoint,
+                    context=data.context,
+                )
+            )
         return lookup_response(result)
 
     @post(

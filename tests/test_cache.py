@@ -31,6 +31,23 @@ def test_exact_path_skips_the_embedder(make_cache: MakeCache, embedder: HashingE
     assert embedder.calls == calls
 
 
+def test_lookup_exact_answers_only_what_needs_no_model(
+    make_cache: MakeCache, embedder: HashingEmbedder
+) -> None:
+    cache = make_cache()
+    empty = cache.lookup_exact("anything", namespace="empty")
+    assert empty is not None and not empty.hit  # an empty namespace is a certain miss
+    put(cache, "How do I reset my password?", "Use the reset link.")
+    repeat = cache.lookup_exact("how do i reset my password")
+    assert repeat is not None and repeat.hit and repeat.match == "exact"
+    assert cache.lookup_exact("how can i reset my password") is None  # needs the model
+    assert embedder.calls == 1  # the put's embedding only
+    with pytest.raises(InvalidInput):
+        cache.lookup_exact("   ")
+    _, rows = cache.stats()
+    assert (rows["default"].exact_hits, rows["default"].lookups) == (1, 1)  # undecided: uncounted
+
+
 def test_semantic_hit_and_miss(make_cache: MakeCache, embedder: HashingEmbedder) -> None:
     cache = make_cache(threshold=0.7)
     put(cache, "how do i reset my password", "Use the reset link.")

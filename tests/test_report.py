@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,17 @@ def test_every_command_parses_without_settings_file(tmp_path: Path) -> None:
     """Regression: commands without --config must not crash reading it."""
     assert main(["import", str(tmp_path / "none.json"), "--url", "http://127.0.0.1:9"]) == 2
     assert main(["eval", str(tmp_path / "no-data")]) == 2
+
+
+def test_recording_never_waits_for_a_flush(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    row = LedgerRow(kind="hit", source="lookup", namespace="ns", endpoint="e", model="m",
+                    usage=Usage(input_tokens=1, output_tokens=1), cost_usd=None, reason="exact",
+                    entry_id="0", ts=1.0)  # fmt: skip
+    with ledger._lock:  # a flush's SQLite transaction in progress
+        recorder = threading.Thread(target=ledger.record, args=(row,))
+        recorder.start()
+        recorder.join(timeout=5)
+        assert not recorder.is_alive()
+    assert ledger.flush() == 1
+    ledger.close()

@@ -138,6 +138,7 @@ def test_readme_flow_and_restart(server: Server) -> None:
     assert ADMIN_TOKEN not in log
     # It ran the default ONNX backend on the graph exported before, without a new export.
     assert "ONNX backend unavailable" not in log and "min cosine" not in log
+    assert "POST /v1/lookup" not in log  # no access log by default (SEMCACHE_ACCESS_LOG)
     index_file = server.data_dir / "index" / "support@1.faiss"
     assert index_file.exists()
 
