@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DATA   ?= ./semcache-data
 
-.PHONY: install serve test lint typecheck check clean
+.PHONY: install serve test lint typecheck check clean bench-install bench
 
 # torch is installed first and pinned: its CPU build lies on these machines' disk, while an
 # unpinned torch (pulled in by sentence-transformers) would download a multi-GB CUDA build.
@@ -33,6 +33,16 @@ typecheck: install
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+bench-install: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+# Each writes its table beside it; run them on an otherwise idle machine.
+bench: bench-install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_lookup.py > benchmarks/results/bench_lookup.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_http.py > benchmarks/results/bench_http.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_vs_gptcache.py > benchmarks/results/bench_vs_gptcache.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scale.py > benchmarks/results/bench_scale.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -20,7 +20,6 @@ import datetime
 import itertools
 import platform
 import shlex
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,52 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import faiss
 import httpx
-import torch
 import uvicorn
 
+from benchmarks.workload import (
+    NAMESPACE,
+    UNRELATED,
+    exact_variant,
+    free_port,
+    paraphrase,
+    questions,
+)
 from cache import SemanticCache
 from cache.entry import Usage
-from embeddings import BatchingEmbedder, SentenceTransformerEmbedder
+from embeddings import BatchingEmbedder, Embedder, load_embedder
 from server.app import create_app
 from server.settings import Settings
-
-NAMESPACE = "bench"
-VERBS = [
-    "reset", "change", "update", "delete", "export", "verify", "recover", "rename",
-    "share", "download", "upload", "archive", "restore", "transfer", "cancel", "renew",
-    "upgrade", "link", "sync", "back up",
-]  # fmt: skip
-OBJECTS = [
-    "password", "email address", "billing plan", "profile photo", "phone number",
-    "shipping address", "invoice", "subscription", "api key", "workspace",
-]  # fmt: skip
-UNRELATED = [
-    f"What is the {fact} of {place}?"
-    for fact in ("population", "average rainfall", "tallest building", "oldest museum", "area")
-    for place in (
-        "Lisbon", "Nairobi", "Osaka", "Lima", "Oslo", "Hanoi", "Quito", "Tbilisi",
-    )
-]  # fmt: skip
-
-
-def questions() -> list[str]:
-    return [f"How do I {verb} my {obj}?" for verb in VERBS for obj in OBJECTS]
-
-
-def exact_variant(question: str) -> str:
-    return question.upper().rstrip("?") + "!!"
-
-
-def paraphrase(question: str) -> str:
-    rest = question.removeprefix("How do I ").rstrip("?")
-    return f"Could you tell me how to {rest}, please?"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Sample:
@@ -193,7 +161,7 @@ HEADER = (
 )
 
 
-def serve(settings: Settings, embedder: SentenceTransformerEmbedder) -> Callable[[], None]:
+def serve(settings: Settings, embedder: Embedder) -> Callable[[], None]:
     """Start the real app under uvicorn in a thread; return a function that stops it."""
     app = create_app(settings, embedder=embedder)
     config = uvicorn.Config(
@@ -230,16 +198,16 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
+    embedder = load_embedder()
     print(f"# bench_lookup  {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"# platform: {platform.platform()}  cpus: {os.cpu_count()}")
     print(
-        f"# python {platform.python_version()}  torch {torch.__version__}  "
-        f"faiss {faiss.__version__}  torch threads {torch.get_num_threads()}"
+        f"# python {platform.python_version()}  faiss {faiss.__version__}  "
+        f"embedder {type(embedder).__name__} (the server's default)"
     )
     print(f"# command: {shlex.join([sys.executable, *sys.argv])}")
 
     started = time.perf_counter()
-    embedder = SentenceTransformerEmbedder()
     stored = questions()
     cases = {
         "exact": [exact_variant(q) for q in stored],

@@ -11,7 +11,7 @@ from .base import Embedder
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["onnx", "torch"]
+Backend = Literal["onnx", "onnx-int8", "torch"]
 
 
 def default_graph_dir() -> Path:
@@ -29,11 +29,12 @@ def load_embedder(
 ) -> Embedder:
     """Load the model folder (default all-MiniLM-L6-v2) with the chosen backend.
 
-    Both backends give the same vectors and the same name. If the ONNX export fails (an
-    architecture the exporter cannot trace, a mismatch with torch), the torch backend is used
-    and a warning says why, because a slower server is better than none.
+    `onnx` and `torch` give the same vectors and the same name; `onnx-int8` (int8 weights,
+    about 2x faster again) gives vectors within cosine ~0.98 and another name. If the ONNX
+    export fails (an architecture the exporter cannot trace, a mismatch with torch), the torch
+    backend is used and a warning says why, because a slower server is better than none.
     """
-    if backend == "onnx":
+    if backend in ("onnx", "onnx-int8"):
         from .onnx_embedder import ExportError, OnnxEmbedder
 
         try:
@@ -41,11 +42,14 @@ def load_embedder(
                 model_path,
                 cache_dir=graph_dir if graph_dir is not None else default_graph_dir(),
                 threads=threads,
+                quantized=backend == "onnx-int8",
             )
         except (ExportError, ImportError) as exc:
             log.warning("ONNX backend unavailable (%s); using sentence-transformers", exc)
     elif backend != "torch":
-        raise ValueError(f"unknown embedder backend {backend!r}; use 'onnx' or 'torch'")
+        raise ValueError(
+            f"unknown embedder backend {backend!r}; use 'onnx', 'onnx-int8' or 'torch'"
+        )
     from .sentence import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(model_path)

@@ -17,7 +17,7 @@ from embeddings import (
     default_model_path,
     load_embedder,
 )
-from embeddings.onnx_embedder import MIN_EXPORT_COSINE, ExportError, OnnxEmbedder
+from embeddings.onnx_embedder import MIN_EXPORT_COSINE, MIN_INT8_COSINE, ExportError, OnnxEmbedder
 from server.settings import Settings
 
 TEXTS = [
@@ -110,3 +110,16 @@ def test_backend_choice_is_validated(graph_dir: Path) -> None:
     with pytest.raises(InvalidInput, match="embed_threads"):
         Settings.load(environ={"SEMCACHE_EMBED_THREADS": "-1"})
     assert Settings.load(environ={}).embedder_backend == "onnx"
+
+
+def test_the_int8_backend_is_close_and_named_apart(
+    graph_dir: Path, real_embedder: SentenceTransformerEmbedder, onnx_embedder: OnnxEmbedder
+) -> None:
+    quantized = load_embedder(backend="onnx-int8", graph_dir=graph_dir)
+    assert isinstance(quantized, OnnxEmbedder) and quantized.quantized
+    # another name: a store written with full-precision vectors is re-embedded, not mixed
+    assert quantized.name == real_embedder.name + "-int8"
+    cosines = np.sum(quantized.embed(TEXTS) * real_embedder.embed(TEXTS), axis=1)
+    assert MIN_INT8_COSINE <= float(cosines.min()) < 0.9999  # close, and really quantised
+    # int8 matrices (the word embeddings stay float32): 56 MB against 86 MB
+    assert quantized.graph_path.stat().st_size < 0.7 * onnx_embedder.graph_path.stat().st_size

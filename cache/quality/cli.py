@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", type=Path, help="sentence-transformers model folder")
     parser.add_argument(
         "--backend",
-        choices=["onnx", "torch"],
+        choices=["onnx", "onnx-int8", "torch"],
         default="onnx",
-        help="embedding backend (same vectors; onnx is faster, torch needs no export)",
+        help="embedding backend (onnx and torch: same vectors; onnx-int8: faster, other vectors)",
     )
     parser.add_argument(
         "--memo-dir",
