@@ -2,6 +2,7 @@
 
 from .entry import Entry, Usage
 from .errors import (
+    Forbidden,
     InvalidInput,
     NotFound,
     SemcacheError,
@@ -19,6 +20,7 @@ __all__ = [
     "NAMESPACE_PATTERN",
     "CacheConfig",
     "Entry",
+    "Forbidden",
     "IndexPolicy",
     "InvalidInput",
     "LookupResult",

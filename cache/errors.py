@@ -5,6 +5,7 @@ SemcacheError
  ├── NotFound              no such (servable) entry
  ├── VersionConflict       a catalog version may only move forward
  ├── Unauthorized          missing or wrong credentials
+ ├── Forbidden             credentials that do not cover this namespace
  └── Unavailable           the cache cannot serve this now (not ready, embedder or store down)
 """
 
@@ -35,6 +36,15 @@ class VersionConflict(SemcacheError):
 
 class Unauthorized(SemcacheError):
     title = "Unauthorized"
+
+    def __init__(self, detail: str, challenge: str = 'Bearer realm="semcache-admin"') -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+        """The WWW-Authenticate value: which credentials the request lacked."""
+
+
+class Forbidden(SemcacheError):
+    title = "Forbidden"
 
 
 class Unavailable(SemcacheError):

@@ -658,6 +658,17 @@ class SemanticCache:
         entry.hit_count += count + 1
         entry.last_hit_at = now
 
+    def find(self, entry_id: str) -> Entry | None:
+        """The stored entry with this id, of any version and state, or None."""
+        int_id = parse_entry_id(entry_id)
+        return self._store.get_entry(int_id) if int_id is not None else None
+
+    def hit_namespace(self, lookup_id: str) -> str | None:
+        """The namespace of a recent hit that can still take feedback, or None."""
+        with self._hits_lock:
+            hit = self._recent.get(lookup_id)
+        return None if hit is None else hit.namespace
+
     def get(self, entry_id: str) -> Entry:
         """A servable entry by id (live, current version), else NotFound."""
         int_id = parse_entry_id(entry_id)

@@ -20,6 +20,7 @@ from cache import CacheConfig, PriceTable, SemanticCache
 from cache.answering import Answerer
 from embeddings import BatchingEmbedder, Embedder, load_embedder
 
+from .access import ClientKeys
 from .problems import EXCEPTION_HANDLERS
 from .proxy import Proxy, messages
 from .routes import DEPENDENCIES, AdminController, CacheController, healthz, readyz
@@ -146,6 +147,7 @@ def create_app(
         state=State(
             {
                 "settings": settings,
+                "client_keys": ClientKeys(settings.client_keys),
                 "cache": None,
                 "answerer": None,
                 "proxy": None,

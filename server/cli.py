@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
@@ -194,11 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SemcacheError as exc:
             print(f"semcache: {exc.detail}", file=sys.stderr)
             return 2
-        if settings.admin_token is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
-            logging.getLogger("semcache").warning(
-                "admin endpoints are open: set SEMCACHE_ADMIN_TOKEN before exposing %s",
-                settings.host,
+        if settings.admin_token is None and not is_loopback(settings.host):
+            # Anyone who can reach the port could bump versions and delete entries.
+            print(
+                f"semcache: refusing to listen on {settings.host} without an admin token: "
+                "set SEMCACHE_ADMIN_TOKEN (the /admin endpoints would be open to anyone who "
+                "can reach the port), or listen on 127.0.0.1",
+                file=sys.stderr,
             )
+            return 2
         uvicorn.run(
             app,
             host=settings.host,
@@ -208,6 +213,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_graceful_shutdown=10,
         )
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
 from cache import (
+    Forbidden,
     InvalidInput,
     NotFound,
     SemcacheError,
@@ -28,6 +29,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS_OF: dict[type[SemcacheError], int] = {
     InvalidInput: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     VersionConflict: 409,
     Unavailable: 503,
@@ -71,7 +73,7 @@ def semcache_error(request: Request[Any, Any, Any], exc: SemcacheError) -> Respo
             request, upstream_status(exc), exc.title, exc.detail, headers=headers, **extra
         )
     status = next((code for kind, code in STATUS_OF.items() if isinstance(exc, kind)), 500)
-    headers = {"www-authenticate": 'Bearer realm="semcache-admin"'} if status == 401 else None
+    headers = {"www-authenticate": exc.challenge} if isinstance(exc, Unauthorized) else None
     return problem(request, status, exc.title, exc.detail, headers=headers)
 
 

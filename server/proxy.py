@@ -20,12 +20,14 @@ from litestar.datastructures import State
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from cache import InvalidInput, SemanticCache, SemcacheError, Usage
+from cache import Forbidden, InvalidInput, SemanticCache, SemcacheError, Unauthorized, Usage
 from cache.answering import Answerer, estimate_tokens, system_text
 from cache.ledger import LedgerRow
 from cache.normalize import validate_namespace
 from cache.upstream import UpstreamError, UpstreamNotConfigured
 
+from .access import HEADER as KEY_HEADER
+from .access import Access
 from .schemas import ENDPOINT_PATTERN
 from .upstream import AnthropicModelClient, split_params, usage_of
 
@@ -184,6 +186,12 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
         namespace = validate_namespace(request.headers.get("x-semcache-namespace", "default"))
     except InvalidInput as exc:
         return anthropic_error(400, "invalid_request_error", exc.detail)
+    try:
+        Access(state.client_keys, request.headers.get(KEY_HEADER)).check(namespace)
+    except Unauthorized as exc:
+        return anthropic_error(401, "authentication_error", exc.detail)
+    except Forbidden as exc:
+        return anthropic_error(403, "permission_error", exc.detail)
     directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
     endpoint = request.headers.get("x-semcache-endpoint", "proxy")
     if not ENDPOINT_RE.fullmatch(endpoint):

@@ -20,6 +20,8 @@ from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
 from cache.answering import Answerer
 from cache.ledger import UsageReport
 
+from .access import HEADER as KEY_HEADER
+from .access import Access, ClientKeys
 from .problems import documented
 from .schemas import (
     AskRequest,
@@ -80,7 +82,13 @@ def provide_settings(state: State) -> Settings:
     return settings
 
 
+def provide_access(request: Request[Any, Any, State]) -> Access:
+    keys: ClientKeys = request.app.state.client_keys
+    return Access(keys, request.headers.get(KEY_HEADER))
+
+
 DEPENDENCIES = {
+    "access": Provide(provide_access, sync_to_thread=False),
     "cache": Provide(provide_cache, sync_to_thread=False),
     "answerer": Provide(provide_answerer, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
@@ -103,11 +111,15 @@ class CacheController(Controller):
     path = "/v1"
     tags = ("cache",)
 
-    @post("/lookup", status_code=HTTP_200_OK, responses=documented(400, 413, 503))
+    @post("/lookup", status_code=HTTP_200_OK, responses=documented(400, 401, 403, 413, 503))
     async def lookup(
-        self, data: JSONBody[LookupRequest], cache: NamedDependency[SemanticCache]
+        self,
+        data: JSONBody[LookupRequest],
+        cache: NamedDependency[SemanticCache],
+        access: NamedDependency[Access],
     ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
+        access.check(data.namespace)
         # A repeat is answered here on the event loop (a hash and a read); only a lookup that
         # needs the model goes to a worker thread, where concurrent ones share its calls.
         result = cache.lookup_exact(
@@ -133,12 +145,16 @@ class CacheController(Controller):
         "/entries",
         status_code=HTTP_201_CREATED,
         sync_to_thread=True,
-        responses=documented(400, 413, 503),
+        responses=documented(400, 401, 403, 413, 503),
     )
     def create_entry(
-        self, data: JSONBody[EntryRequest], cache: NamedDependency[SemanticCache]
+        self,
+        data: JSONBody[EntryRequest],
+        cache: NamedDependency[SemanticCache],
+        access: NamedDependency[Access],
     ) -> EntryCreated:
         """Store an answer (after your own Claude call on a miss) with its token usage."""
+        access.check(data.namespace)
         usage = Usage(
             input_tokens=data.usage.input_tokens,
             output_tokens=data.usage.output_tokens,
@@ -163,12 +179,23 @@ class CacheController(Controller):
             alias_entry_ids=[alias.id for alias in aliases],
         )
 
-    @post("/feedback", status_code=HTTP_200_OK, sync_to_thread=True, responses=documented(400, 404))
+    @post(
+        "/feedback",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        responses=documented(400, 401, 403, 404),
+    )
     def feedback(
-        self, data: JSONBody[FeedbackRequest], cache: NamedDependency[SemanticCache]
+        self,
+        data: JSONBody[FeedbackRequest],
+        cache: NamedDependency[SemanticCache],
+        access: NamedDependency[Access],
     ) -> FeedbackOut:
         """Report whether a hit was right. A wrong hit is never repeated for that question,
         tightens its entry, and counts in the measured false-hit rate of /v1/stats."""
+        namespace = cache.hit_namespace(data.lookup_id)
+        if namespace is not None:
+            access.check(namespace)
         result = cache.feedback(data.lookup_id, data.correct)
         floor = result.min_similarity
         return FeedbackOut(
@@ -178,26 +205,45 @@ class CacheController(Controller):
             min_similarity=None if floor is None else round(floor, 6),
         )
 
-    @get("/entries/{entry_id:str}", sync_to_thread=True, responses=documented(404, 503))
-    def get_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
+    @get("/entries/{entry_id:str}", sync_to_thread=True, responses=documented(401, 403, 404, 503))
+    def get_entry(
+        self,
+        entry_id: EntryId,
+        cache: NamedDependency[SemanticCache],
+        access: NamedDependency[Access],
+    ) -> EntryOut:
         """A servable entry (live, current catalog version) by id."""
-        return EntryOut.of(cache.get(entry_id))
+        entry = cache.get(entry_id)
+        access.check(entry.namespace)
+        return EntryOut.of(entry)
 
     @delete(
         "/entries/{entry_id:str}",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
-        responses=documented(404, 503),
+        responses=documented(401, 403, 404, 503),
     )
-    def delete_entry(self, entry_id: EntryId, cache: NamedDependency[SemanticCache]) -> EntryOut:
+    def delete_entry(
+        self,
+        entry_id: EntryId,
+        cache: NamedDependency[SemanticCache],
+        access: NamedDependency[Access],
+    ) -> EntryOut:
         """Delete an entry; returns what was deleted."""
+        found = cache.find(entry_id)
+        if found is not None:
+            access.check(found.namespace)
         return EntryOut.of(cache.delete(entry_id))
 
-    @post("/ask", status_code=HTTP_200_OK, responses=documented(400, 413, 502, 503, 504))
+    @post("/ask", status_code=HTTP_200_OK, responses=documented(400, 401, 403, 413, 502, 503, 504))
     async def ask(
-        self, data: JSONBody[AskRequest], answerer: NamedDependency[Answerer]
+        self,
+        data: JSONBody[AskRequest],
+        answerer: NamedDependency[Answerer],
+        access: NamedDependency[Access],
     ) -> AskResponse:
         """Answer from the cache, else from the cheapest tier that serves; store the answer."""
+        access.check(data.namespace)
         result = await answerer.ask(
             data.question,
             namespace=data.namespace,
@@ -225,9 +271,10 @@ class CacheController(Controller):
             spent_usd=result.spent_usd,
         )
 
-    @get("/usage", sync_to_thread=True, responses=documented(400, 503))
+    @get("/usage", sync_to_thread=True, responses=documented(400, 401, 403, 503))
     def usage(
         self,
+        access: NamedDependency[Access],
         cache: NamedDependency[SemanticCache],
         since: Annotated[
             datetime | None, Parameter(description="Start of the window (ISO 8601).")
@@ -237,14 +284,18 @@ class CacheController(Controller):
         ] = None,
     ) -> UsageReport:
         """Upstream calls, hits, tokens, spend and savings per endpoint, per model, in total."""
+        access.check_all()
         return cache.ledger.report(
             since=None if since is None else _timestamp(since),
             until=None if until is None else _timestamp(until),
         )
 
-    @get("/stats", sync_to_thread=True, responses=documented(503))
-    def stats(self, cache: NamedDependency[SemanticCache]) -> StatsOut:
+    @get("/stats", sync_to_thread=True, responses=documented(401, 403, 503))
+    def stats(
+        self, cache: NamedDependency[SemanticCache], access: NamedDependency[Access]
+    ) -> StatsOut:
         """Lookups, hits, misses, entries and savings, in total and per namespace."""
+        access.check_all()
         total, rows = cache.stats()
         return StatsOut(**msgspec.structs.asdict(total), namespaces=rows)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from cache import InvalidInput
+from cache import NAMESPACE_PATTERN, InvalidInput
 from cache.answering import DEFAULT_TIERS, Tier
 
 ENV_PREFIX = "SEMCACHE_"
+NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
 SECRET_FIELDS = ("admin_token", "anthropic_api_key")
 # Structured settings given in the environment are JSON.
-_JSON_FIELDS = ("tiers", "endpoint_tiers", "history_window")
+_JSON_FIELDS = ("tiers", "endpoint_tiers", "history_window", "client_keys")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -38,6 +40,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """TTL in seconds of entries written without `ttl_s`; unset means they never expire."""
     admin_token: str | None = None
     """Bearer token required by /admin endpoints; unset leaves them open (loopback use only)."""
+    client_keys: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    """Client keys (sent as `x-semcache-key`) and the namespaces each may use, "*" for all.
+    Empty: no key needed."""
     price_table: str | None = None
     """TOML price table to use instead of the one shipped with the package."""
     model_path: str | None = None
@@ -88,6 +93,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for secret in SECRET_FIELDS:
             if shown[secret] is not None:
                 shown[secret] = "***"
+        shown["client_keys"] = [f"***: {spaces}" for spaces in self.client_keys.values()]
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
     def __post_init__(self) -> None:
@@ -120,6 +126,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise InvalidInput(f"endpoint {endpoint!r} defaults to unknown tier {tier!r}")
         if any(tier.max_tokens < 1 for tier in self.tiers):
             raise InvalidInput("every tier needs max_tokens >= 1")
+        for key, spaces in self.client_keys.items():
+            if len(key) < 16:
+                raise InvalidInput("client keys must be at least 16 characters long")
+            for space in spaces:
+                if space != "*" and not NAMESPACE_RE.fullmatch(space):
+                    raise InvalidInput(f"client_keys names an invalid namespace {space!r}")
         if any(n < 2 for n in self.history_window.values()):
             raise InvalidInput("history_window values must be at least 2 messages")
 
