@@ -29,6 +29,7 @@ from cache.upstream import UpstreamError, UpstreamNotConfigured
 from .access import HEADER as KEY_HEADER
 from .access import Access
 from .schemas import ENDPOINT_PATTERN
+from .settings import Settings
 from .upstream import AnthropicModelClient, split_params, usage_of
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,23 @@ def _caller_key(request: Request[Any, Any, Any]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value (a scalar is 0)."""
+    depth = 0
+    level: list[Any] = [value]
+    while True:
+        children: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        if not children and not any(isinstance(i, dict | list) for i in level):
+            return depth
+        depth += 1
+        level = children
+
+
 @post("/v1/messages", tags=["proxy"], status_code=200)
 async def messages(request: Request[Any, Any, State], state: State) -> Response[Any]:
     """The Anthropic Messages API (JSON and SSE), with the semantic cache in front.
@@ -174,13 +192,28 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
     proxy: Proxy | None = state.get("proxy")
     if cache is None or proxy is None:
         return anthropic_error(503, "overloaded_error", "semcache is still starting")
+    settings: Settings = state.settings
     try:
         body = msgspec.json.decode(await request.body())
     except msgspec.DecodeError as exc:
         return anthropic_error(400, "invalid_request_error", f"body is not valid JSON: {exc}")
+    except RecursionError:
+        body = None  # nested past the recursion limit: refused by the depth check below
+    if body is None or json_depth(body) > settings.max_json_depth:
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            f"the body is nested deeper than {settings.max_json_depth} levels",
+        )
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return anthropic_error(
             400, "invalid_request_error", "body must be a JSON object with a model"
+        )
+    if isinstance(body.get("messages"), list) and len(body["messages"]) > settings.max_messages:
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            f"at most {settings.max_messages} messages are accepted, got {len(body['messages'])}",
         )
     try:
         namespace = validate_namespace(request.headers.get("x-semcache-namespace", "default"))

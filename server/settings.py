@@ -61,6 +61,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Longest question accepted, in characters."""
     max_answer_chars: int = 200_000
     """Longest answer accepted, in characters."""
+    max_messages: int = 1_000
+    """Most messages a /v1/messages request may carry."""
+    max_json_depth: int = 64
+    """Deepest nesting of arrays and objects accepted in a /v1/messages body."""
     purge_interval_s: float = 60.0
     """How often expired and invalidated entries are reclaimed."""
     flush_interval_s: float = 5.0
@@ -103,7 +107,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise InvalidInput("default_ttl_s must be positive (unset it for no expiry)")
         if not 0 < self.port < 65536:
             raise InvalidInput(f"port must be in 1..65535, got {self.port}")
-        for name in ("max_body_bytes", "max_question_chars", "max_answer_chars"):
+        for name in (
+            "max_body_bytes",
+            "max_question_chars",
+            "max_answer_chars",
+            "max_messages",
+            "max_json_depth",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be positive")
         if self.purge_interval_s <= 0 or self.flush_interval_s <= 0:
