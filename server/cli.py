@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=settings.port,
             log_level=settings.log_level.lower(),
             access_log=settings.access_log,
-            timeout_graceful_shutdown=10,
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
         )
     return 0
 

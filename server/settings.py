@@ -67,6 +67,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Deepest nesting of arrays and objects accepted in a /v1/messages body."""
     purge_interval_s: float = 60.0
     """How often expired and invalidated entries are reclaimed."""
+    shutdown_timeout_s: float = 30.0
+    """On SIGTERM, how long requests in flight may take to finish before they are cut off."""
     flush_interval_s: float = 5.0
     """How often counters, hit counts and the vector index are written to disk."""
     log_level: str = "info"
@@ -116,8 +118,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInput(f"{name} must be positive")
-        if self.purge_interval_s <= 0 or self.flush_interval_s <= 0:
-            raise InvalidInput("purge_interval_s and flush_interval_s must be positive")
+        if self.purge_interval_s <= 0 or self.flush_interval_s <= 0 or self.shutdown_timeout_s <= 0:
+            raise InvalidInput("purge, flush and shutdown intervals must be positive")
         if not 0.0 <= self.margin <= 1.0:
             raise InvalidInput(f"margin must be between 0 and 1, got {self.margin}")
         if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
