@@ -23,7 +23,9 @@ def normalize_question(text: str) -> str:
     Two questions with the same normal form are the same question: they are matched
     exactly, without an embedding.
     """
-    folded = unicodedata.normalize("NFKC", text).casefold()
+    # NFKC again after casefold: folding can leave pairs NFKC recombines ("ß\u0301" folds to
+    # "ss\u0301", whose NFKC is "s\u015b"), and a normal form must be its own normal form.
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     collapsed = " ".join(folded.split())
     start, end = 0, len(collapsed)
     while start < end and _is_edge_noise(collapsed[start]):
