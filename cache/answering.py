@@ -72,11 +72,13 @@ def estimate_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
 
-def system_text(system: str | list[dict[str, Any]] | None) -> str:
-    if system is None:
-        return ""
+def system_text(system: Any) -> str:
+    """The text of a system prompt or message content: a string or a list of text blocks.
+    Anything else (a caller's malformed value, refused upstream) has no text."""
     if isinstance(system, str):
         return system
+    if not isinstance(system, list):
+        return ""
     return "".join(str(block.get("text", "")) for block in system if isinstance(block, dict))
 
 

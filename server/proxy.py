@@ -209,7 +209,17 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
         return anthropic_error(
             400, "invalid_request_error", "body must be a JSON object with a model"
         )
-    if isinstance(body.get("messages"), list) and len(body["messages"]) > settings.max_messages:
+    # The SDK raises before sending when these are missing: answer as the API would.
+    max_tokens = body.get("max_tokens")
+    if not isinstance(body.get("messages"), list) or not (
+        isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+    ):
+        return anthropic_error(
+            400,
+            "invalid_request_error",
+            "messages (a list) and max_tokens (an integer) are required",
+        )
+    if len(body["messages"]) > settings.max_messages:
         return anthropic_error(
             400,
             "invalid_request_error",

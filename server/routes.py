@@ -183,7 +183,7 @@ class CacheController(Controller):
         "/feedback",
         status_code=HTTP_200_OK,
         sync_to_thread=True,
-        responses=documented(400, 401, 403, 404),
+        responses=documented(400, 401, 403, 404, 413, 503),
     )
     def feedback(
         self,
@@ -319,7 +319,7 @@ class AdminController(Controller):
     @post(
         "/namespaces/{namespace:str}/version",
         status_code=HTTP_200_OK,
-        responses=documented(400, 401, 409, 503),
+        responses=documented(400, 401, 409, 413, 503),
     )
     async def set_version(
         self,
