@@ -407,8 +407,15 @@ def test_sigterm_drains_requests_in_flight(start_server: Callable[[], ServerProc
     try:
         with traffic.cond:
             # Signal only once writes that the server has surely read are still being served.
-            ready = traffic.wait_for(
-                lambda: len(traffic.on_the_wire(time.monotonic() - ACCEPTED_GRACE_S)) >= 2
+            planned = sum(len(plan) for plan in plans)
+            ready = (
+                traffic.wait_for(
+                    lambda: (
+                        len(traffic.on_the_wire(time.monotonic() - ACCEPTED_GRACE_S)) >= 2
+                        or len(traffic.outcomes) >= planned
+                    )  # all served: nothing left to drain
+                )
+                and len(traffic.outcomes) < planned
             )
             signalled_at = time.monotonic()
             signalled_wall = time.time()
@@ -417,7 +424,11 @@ def test_sigterm_drains_requests_in_flight(start_server: Callable[[], ServerProc
     finally:
         server.ensure_stopped()
         join_all(threads, traffic)
-    assert ready, (traffic.thread_errors, server.log_text())
+    assert not traffic.thread_errors, traffic.thread_errors
+    if not ready:
+        # A fast, idle machine served every write before two had been in flight for
+        # ACCEPTED_GRACE_S: there was nothing to drain, so nothing about draining was shown.
+        pytest.skip("every write was served before the signal could catch two in flight")
     log = server.log_text()
     assert exit_status in CLEAN_EXITS, log
     assert "semcache stopped" in log and "Traceback" not in log, log
