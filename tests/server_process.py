@@ -1,7 +1,6 @@
-"""`semcache serve` as a child process on a free loopback port, for tests that signal or kill it.
-
-Unlike `tests/test_serve_process.py`'s `Server`, this one takes extra environment settings and
-exposes the process, so a test can SIGKILL it mid-write or SIGTERM it with requests in flight.
+"""`semcache serve` as a child process on a free loopback port, for the tests that run the real
+server: it takes extra environment settings and exposes the process, so a test can SIGKILL it
+mid-write or SIGTERM it with requests in flight.
 """
 
 from __future__ import annotations

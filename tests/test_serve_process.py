@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,80 +10,14 @@ import httpx
 import pytest
 
 from embeddings.onnx_embedder import OnnxEmbedder
-
-ADMIN_TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def semcache_command() -> list[str]:
-    script = Path(sys.executable).with_name("semcache")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
-
-
-class Server:
-    def __init__(self, data_dir: Path, graph_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.graph_dir = graph_dir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
-        # The default (ONNX) backend, on the graph the session fixture exported once.
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "SEMCACHE_ADMIN_TOKEN": ADMIN_TOKEN,
-            "SEMCACHE_GRAPH_DIR": str(graph_dir),
-        }
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [
-                    *semcache_command(),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(data_dir),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        self.proc.kill()
-        raise AssertionError(f"server not ready in time:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
+from tests.server_process import ADMIN_TOKEN, ServerProcess
 
 
 @pytest.fixture
-def server(tmp_path: Path, onnx_embedder: OnnxEmbedder) -> Iterator[Server]:
-    srv = Server(tmp_path / "data", onnx_embedder.graph_path.parent)
+def server(tmp_path: Path, onnx_embedder: OnnxEmbedder) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "data", onnx_embedder.graph_path.parent)
     yield srv
-    srv.stop()
+    srv.ensure_stopped()
 
 
 def check_first_run(client: httpx.Client) -> str:
@@ -126,14 +55,14 @@ def check_first_run(client: httpx.Client) -> str:
     return str(entry_id)
 
 
-def test_readme_flow_and_restart(server: Server) -> None:
+def test_readme_flow_and_restart(server: ServerProcess, onnx_embedder: OnnxEmbedder) -> None:
     with httpx.Client(base_url=server.base, timeout=30) as client:
         entry_id = check_first_run(client)
 
     # SIGTERM: a clean exit that persists the index and counters
     # uvicorn re-raises SIGTERM after its graceful shutdown, so -SIGTERM is a clean exit too
-    assert server.stop() in (0, -signal.SIGTERM)
-    log = server.log.read_text()
+    assert server.terminate() in (0, -signal.SIGTERM)
+    log = server.log_text()
     assert "semcache stopped" in log
     assert ADMIN_TOKEN not in log
     # It ran the default ONNX backend on the graph exported before, without a new export.
@@ -142,12 +71,12 @@ def test_readme_flow_and_restart(server: Server) -> None:
     index_file = server.data_dir / "index" / "support@1.faiss"
     assert index_file.exists()
 
-    again = Server(server.data_dir, server.graph_dir)
+    again = ServerProcess(server.data_dir, onnx_embedder.graph_path.parent)
     try:
         with httpx.Client(base_url=again.base, timeout=30) as client:
             check_after_restart(client, entry_id)
     finally:
-        assert again.stop() in (0, -signal.SIGTERM)
+        assert again.terminate() in (0, -signal.SIGTERM)
 
 
 def check_after_restart(client: httpx.Client, entry_id: str) -> None:
