@@ -13,16 +13,17 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import anyio
 import msgspec
 
-from .entry import Usage
+from .entry import Entry, Usage
 from .errors import InvalidInput
 from .ledger import LedgerRow
 from .normalize import normalize_question
-from .semantic import SemanticCache
+from .semantic import LookupResult, SemanticCache
 from .upstream import ModelClient, ModelReply, UpstreamError, UpstreamNotConfigured
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,37 @@ def default_system_prompt(question: str) -> str:
         if 1 <= count <= 20:
             return f"Answer in exactly {count} bullet points."
     return "Answer in 2-3 sentences. Be direct."
+
+
+def starting_tier(
+    tiers: Sequence[Tier], endpoint_tiers: Mapping[str, str], tier: str | None, endpoint: str
+) -> tuple[int, str]:
+    """The index of the tier a question starts on, and why: the requested tier, else the
+    endpoint's default, else the cheapest. Raises InvalidInput for an unknown tier."""
+    names = [t.name for t in tiers]
+    if tier is not None:
+        if tier not in names:
+            raise InvalidInput(f"unknown tier {tier!r}; configured tiers: {', '.join(names)}")
+        return names.index(tier), "requested"
+    if endpoint in endpoint_tiers:
+        return names.index(endpoint_tiers[endpoint]), "endpoint default"
+    return 0, "default (cheapest tier)"
+
+
+def cached_system(system: str, min_chars: int | None) -> str | list[dict[str, Any]]:
+    """Mark a large system prompt for prompt caching, so repeated misses pay read prices."""
+    if min_chars is not None and len(system) >= min_chars:
+        return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+    return system
+
+
+def cacheable(reply: ModelReply, cache_truncated: bool) -> bool:
+    """Whether an answer may be stored: text only, and complete unless `cache_truncated`."""
+    return (
+        bool(reply.text.strip())
+        and not reply.has_tool_use
+        and (reply.stop_reason != "max_tokens" or cache_truncated)
+    )
 
 
 def estimate_tokens(text: str) -> int:
@@ -142,21 +174,10 @@ class Answerer:
         return next((t.name for t in self.tiers if t.model == model), None)
 
     def choose_tier(self, tier: str | None, endpoint: str) -> tuple[int, str]:
-        if tier is not None:
-            if tier not in self._by_name:
-                known = ", ".join(self._by_name)
-                raise InvalidInput(f"unknown tier {tier!r}; configured tiers: {known}")
-            return self._by_name[tier], "requested"
-        if endpoint in self.endpoint_tiers:
-            return self._by_name[self.endpoint_tiers[endpoint]], "endpoint default"
-        return 0, "default (cheapest tier)"
+        return starting_tier(self.tiers, self.endpoint_tiers, tier, endpoint)
 
     def system_param(self, system: str) -> str | list[dict[str, Any]]:
-        """Mark a large system prompt for prompt caching, so repeated misses pay read prices."""
-        limit = self.prompt_cache_min_chars
-        if limit is not None and len(system) >= limit:
-            return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
-        return system
+        return cached_system(system, self.prompt_cache_min_chars)
 
     async def prepare_proxy_body(
         self, body: dict[str, Any], namespace: str, api_key: str | None
@@ -219,6 +240,22 @@ class Answerer:
         ]
         return summary + list(messages[split:])
 
+    def from_cache(self, found: LookupResult, entry: Entry, *, saved: bool) -> AskResult:
+        """The answer of a hit; `saved` False for warm-up, whose hits save nothing."""
+        return AskResult(
+            answer=entry.answer,
+            source="cache",
+            model=entry.model,
+            tier=self.tier_for_model(entry.model),
+            usage=entry.usage,
+            cost_usd=entry.cost_usd,
+            saved_usd=entry.cost_usd if saved else None,
+            entry_id=entry.id,
+            similarity=found.similarity,
+            lookup_id=found.lookup_id,
+            match=found.match,
+        )
+
     async def ask(
         self,
         question: str,
@@ -239,20 +276,7 @@ class Answerer:
             )
         )
         if found.hit and found.entry is not None:
-            entry = found.entry
-            return AskResult(
-                answer=entry.answer,
-                source="cache",
-                model=entry.model,
-                tier=self.tier_for_model(entry.model),
-                usage=entry.usage,
-                cost_usd=entry.cost_usd,
-                saved_usd=entry.cost_usd,
-                entry_id=entry.id,
-                similarity=found.similarity,
-                lookup_id=found.lookup_id,
-                match=found.match,
-            )
+            return self.from_cache(found, found.entry, saved=True)
         key = (namespace, scope, normalize_question(question))
         running = self._inflight.get(key)
         if running is not None:
@@ -316,6 +340,7 @@ class Answerer:
         max_tokens: int | None,
         endpoint: str,
         lookup_id: str,
+        source: str = "ask",
     ) -> AskResult:
         if not self.client.configured:
             raise UpstreamNotConfigured(
@@ -351,7 +376,7 @@ class Answerer:
                 attempts.append(Attempt(tier=tier.name, model=tier.model, outcome=outcome))
                 self._record_call(
                     namespace, endpoint, tier, tier.model, Usage(), None, started, outcome,
-                    reason, limit, prompt,
+                    reason, limit, prompt, source,
                 )  # fmt: skip
                 if exc.escalatable and tier.escalate and has_next:
                     reason = f"escalated: {tier.name} failed ({outcome})"
@@ -361,7 +386,7 @@ class Answerer:
             spent += cost or 0.0
             self._record_call(
                 namespace, endpoint, tier, reply.model, reply.usage, cost, started,
-                reply.stop_reason, reason, limit, prompt,
+                reply.stop_reason, reason, limit, prompt, source,
             )  # fmt: skip
             truncated = reply.stop_reason == "max_tokens"
             attempts.append(
@@ -378,12 +403,7 @@ class Answerer:
         assert reply is not None
         cost = self.cache.prices.cost(reply.model, reply.usage)
         entry_id = None
-        cacheable = (
-            bool(reply.text.strip())
-            and not reply.has_tool_use
-            and (reply.stop_reason != "max_tokens" or self.cache_truncated)
-        )
-        if cacheable:
+        if cacheable(reply, self.cache_truncated):
             entry_id = await self._store(question, reply, namespace, scope)
         return AskResult(
             answer=reply.text,

@@ -3,10 +3,16 @@
 Rows are buffered in memory and written in one transaction per flush (every few seconds and
 before any read), so the lookup path never waits on a disk write. A crash can lose at most
 one flush interval of ledger rows; cache entries are stored separately and are never lost.
+
+The same transaction keeps rollups per minute and per hour (`ledger_minute`, `ledger_hour`,
+and the lookups' `lookup_minute`, `lookup_hour`), hit counts per entry (`entry_hits`) and the
+latest reported wrong hits (`wrong_hits`), so the dashboard reads aggregated rows, however
+many raw rows the ledger holds.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -16,6 +22,9 @@ from typing import Literal
 import msgspec
 
 from .entry import Usage
+from .totals import TOTALS_SQL, LedgerTotal, RunningTotals, TotalKey
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["call", "hit"]
 
@@ -42,7 +51,115 @@ CREATE TABLE IF NOT EXISTS ledger (
     entry_id TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_ts ON ledger (ts);
+
+-- Hits per entry (from hit rows) and the latest reported wrong hits, kept by every flush.
+CREATE TABLE IF NOT EXISTS entry_hits (
+    namespace TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    hits INTEGER NOT NULL,
+    last_ts REAL NOT NULL,
+    PRIMARY KEY (namespace, entry_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entry_hits_rank ON entry_hits (namespace, hits);
+CREATE TABLE IF NOT EXISTS wrong_hits (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    namespace TEXT NOT NULL,
+    lookup_id TEXT NOT NULL,
+    entry_id TEXT NOT NULL,
+    question TEXT NOT NULL,            -- the question as matched (normalised, after its context)
+    similarity REAL NOT NULL,
+    match TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS wrong_hits_ns ON wrong_hits (namespace, id);
+CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+ROLLUP_UNITS = {"minute": 60, "hour": 3_600}
+"""The rollups' granularities: a chart of a week reads hours, not ten thousand minutes."""
+# Per unit: the raw rows summed per unit of time (from the rows each flush adds, see _roll_up),
+# and the lookups counted per unit of time (from record_lookup).
+_ROLLUP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_{unit} (
+    {unit} INTEGER NOT NULL,           -- Unix seconds at the start of the {unit} (UTC)
+    namespace TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,
+    kind TEXT NOT NULL,                -- 'call', 'failed' (a call that ended in an error), 'hit'
+    n INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cache_creation_input_tokens INTEGER NOT NULL,
+    cache_read_input_tokens INTEGER NOT NULL,
+    usd REAL NOT NULL,
+    PRIMARY KEY ({unit}, namespace, endpoint, model, source, kind)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lookup_{unit} (
+    {unit} INTEGER NOT NULL,
+    namespace TEXT NOT NULL,
+    exact_hits INTEGER NOT NULL,
+    semantic_hits INTEGER NOT NULL,
+    misses INTEGER NOT NULL,
+    errors INTEGER NOT NULL,           -- misses that were a failure (fail open), not a miss
+    PRIMARY KEY ({unit}, namespace)
+) WITHOUT ROWID;
+"""
+_SCHEMA += "".join(_ROLLUP_SCHEMA.format(unit=unit) for unit in ROLLUP_UNITS)
+
+# The raw rows with ids up to this marker are in the rollups. Advanced in the transaction that
+# rolls them up, so rows are never counted twice, and rows written by a build without rollups
+# (an older data dir) are caught up the next time the ledger is opened.
+_MARKER = "rolled_up_to"
+_KIND = "CASE WHEN kind = 'call' AND stop_reason LIKE 'error%' THEN 'failed' ELSE kind END"
+_ROLL_ROWS = """
+INSERT INTO ledger_{unit} ({unit}, namespace, endpoint, model, source, kind, n, input_tokens,
+    output_tokens, cache_creation_input_tokens, cache_read_input_tokens, usd)
+SELECT CAST(ts / {seconds} AS INTEGER) * {seconds}, namespace, endpoint, model, source,
+    {kind}, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens),
+    SUM(cache_read_input_tokens), SUM(COALESCE(cost_usd, 0))
+FROM ledger WHERE id > ? AND id <= ? GROUP BY 1, 2, 3, 4, 5, 6
+ON CONFLICT ({unit}, namespace, endpoint, model, source, kind) DO UPDATE SET
+    n = n + excluded.n,
+    input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cache_creation_input_tokens = cache_creation_input_tokens
+        + excluded.cache_creation_input_tokens,
+    cache_read_input_tokens = cache_read_input_tokens + excluded.cache_read_input_tokens,
+    usd = usd + excluded.usd
+"""
+_ROLL_ENTRIES = """
+INSERT INTO entry_hits (namespace, entry_id, hits, last_ts)
+SELECT namespace, entry_id, COUNT(*), MAX(ts) FROM ledger
+WHERE id > ? AND id <= ? AND kind = 'hit' AND entry_id IS NOT NULL GROUP BY 1, 2
+ON CONFLICT (namespace, entry_id) DO UPDATE SET
+    hits = hits + excluded.hits, last_ts = MAX(last_ts, excluded.last_ts)
+"""
+_ADD_LOOKUPS = """
+INSERT INTO lookup_{unit} ({unit}, namespace, exact_hits, semantic_hits, misses, errors)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT ({unit}, namespace) DO UPDATE SET
+    exact_hits = exact_hits + excluded.exact_hits,
+    semantic_hits = semantic_hits + excluded.semantic_hits,
+    misses = misses + excluded.misses,
+    errors = errors + excluded.errors
+"""
+WRONG_HITS_KEPT = 200
+"""Reported wrong hits kept per namespace, newest first; older ones are dropped at flush."""
+_TRIM_WRONG = """
+DELETE FROM wrong_hits WHERE id IN (
+    SELECT id FROM (
+        SELECT id, ROW_NUMBER() OVER (PARTITION BY namespace ORDER BY id DESC) AS newer
+        FROM wrong_hits
+    ) WHERE newer > ?
+)
+"""
+_OUTCOMES = {"exact_hits": 0, "semantic_hits": 1, "misses": 2}
+"""Column of each lookup outcome (Counters.record_lookup's names) in a pending count."""
+
+
+def minute_of(ts: float) -> int:
+    """The start of the minute holding `ts`, as the rollups key it."""
+    return int(ts // 60) * 60
 
 
 class LedgerRow(msgspec.Struct, kw_only=True):
@@ -94,6 +211,20 @@ class UsageReport(msgspec.Struct, kw_only=True):
     endpoints: dict[str, UsageLine]
     models: dict[str, UsageLine]
     namespaces: dict[str, UsageLine]
+    sources: dict[str, UsageLine] = msgspec.field(default_factory=dict)
+    """Per source of the rows: 'warm' is cache warm-up, apart from live traffic."""
+
+
+class WrongHit(msgspec.Struct, kw_only=True, frozen=True):
+    """A hit that its caller reported wrong (POST /v1/feedback)."""
+
+    namespace: str
+    lookup_id: str
+    entry_id: str
+    question: str
+    similarity: float
+    match: str
+    ts: float
 
 
 class Ledger:
@@ -111,19 +242,105 @@ class Ledger:
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: list[LedgerRow] = []
+        self._lookups: dict[tuple[int, str], list[int]] = {}
+        self._wrongs: list[WrongHit] = []
+        self._catch_up()
+        self._totals = RunningTotals()
+        self._totals_upto = 0  # ledger ids up to this one are in `_totals`
+
+    def _catch_up(self) -> None:
+        """Roll up raw rows no flush has rolled up: all of them in a ledger written before
+        rollups existed (once; seconds for a million rows), else none."""
+        (done,) = self._db.execute(
+            "SELECT COALESCE((SELECT value FROM ledger_meta WHERE key = ?), 0)", (_MARKER,)
+        ).fetchone()
+        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()
+        if last <= done:
+            return
+        log.info("rolling up %d ledger rows for the dashboard", last - done)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._roll_up()
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                # Not fatal: every flush rolls up whatever lies past the marker.
+                log.warning("ledger rollup failed; the next flush retries", exc_info=True)
+
+    def _roll_up(self) -> None:
+        """Add the raw rows after the marker to the rollups; inside the caller's transaction."""
+        (done,) = self._db.execute(
+            "SELECT COALESCE((SELECT value FROM ledger_meta WHERE key = ?), 0)", (_MARKER,)
+        ).fetchone()
+        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()
+        if last <= done:
+            return
+        for unit, seconds in ROLLUP_UNITS.items():
+            sql = _ROLL_ROWS.format(unit=unit, seconds=seconds, kind=_KIND)
+            self._db.execute(sql, (done, last))
+        self._db.execute(_ROLL_ENTRIES, (done, last))
+        self._db.execute(
+            "INSERT INTO ledger_meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_MARKER, last),
+        )
 
     def record(self, row: LedgerRow) -> None:
         with self._pending_lock:
             self._pending.append(row)
 
+    def totals(self) -> dict[TotalKey, LedgerTotal]:
+        """Every row ever recorded, summed by kind, model, tier and source.
+
+        Only rows added since the last call are read (the ledger is append-only), so a
+        metrics scrape costs what was recorded meanwhile, rows written by another process
+        (`semcache warm --batch`) included."""
+        try:
+            self.flush()
+        except sqlite3.Error:
+            log.warning("ledger flush failed; totals lack the latest rows", exc_info=True)
+        with self._lock:
+            (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM ledger").fetchone()
+            if last > self._totals_upto:
+                self._totals.add_rows(
+                    self._db.execute(TOTALS_SQL, (self._totals_upto, last)).fetchall()
+                )
+                self._totals_upto = last
+        return self._totals.snapshot()
+
+    def record_lookup(
+        self, namespace: str, outcome: str, error: bool = False, ts: float | None = None
+    ) -> None:
+        """Count one lookup ('exact_hits', 'semantic_hits' or 'misses') in its minute."""
+        key = (minute_of(time.time() if ts is None else ts), namespace)
+        with self._pending_lock:
+            counts = self._lookups.get(key)
+            if counts is None:
+                counts = self._lookups[key] = [0, 0, 0, 0]
+            counts[_OUTCOMES[outcome]] += 1
+            if error:
+                counts[3] += 1
+
+    def record_wrong(self, wrong: WrongHit) -> None:
+        with self._pending_lock:
+            self._wrongs.append(wrong)
+
     def flush(self) -> int:
+        """Write what was recorded, rollups included, in one transaction; the raw rows
+        written. On failure nothing is written and everything stays pending."""
         with self._lock:
             with self._pending_lock:
                 rows, self._pending = self._pending, []
-            if not rows:
+                lookups, self._lookups = self._lookups, {}
+                wrongs, self._wrongs = self._wrongs, []
+            if not rows and not lookups and not wrongs:
                 return 0
             try:
-                self._db.execute("BEGIN")
+                # IMMEDIATE: `semcache report` may open the same file; taking the write lock
+                # first means the rollup marker read below cannot go stale before the write.
+                self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT INTO ledger (ts, kind, source, namespace, endpoint, tier, model,"
                     " input_tokens, output_tokens, cache_creation_input_tokens,"
@@ -141,12 +358,39 @@ class Ledger:
                         for r in rows
                     ],
                 )  # fmt: skip
+                self._roll_up()
+                for unit, seconds in ROLLUP_UNITS.items():
+                    per_unit: dict[tuple[int, str], list[int]] = {}
+                    for (minute, ns), counts in lookups.items():
+                        summed = per_unit.setdefault((minute // seconds * seconds, ns), [0] * 4)
+                        for column, count in enumerate(counts):
+                            summed[column] += count
+                    self._db.executemany(
+                        _ADD_LOOKUPS.format(unit=unit),
+                        [(start, ns, *counts) for (start, ns), counts in per_unit.items()],
+                    )
+                if wrongs:
+                    self._db.executemany(
+                        "INSERT INTO wrong_hits (ts, namespace, lookup_id, entry_id, question,"
+                        " similarity, match) VALUES (?,?,?,?,?,?,?)",
+                        [
+                            (w.ts, w.namespace, w.lookup_id, w.entry_id, w.question,
+                             w.similarity, w.match)
+                            for w in wrongs
+                        ],
+                    )  # fmt: skip
+                    self._db.execute(_TRIM_WRONG, (WRONG_HITS_KEPT,))
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                with self._pending_lock:
-                    self._pending = rows + self._pending  # keep them for the next flush
+                with self._pending_lock:  # keep everything for the next flush
+                    self._pending = rows + self._pending
+                    for key, counts in lookups.items():
+                        kept = self._lookups.setdefault(key, [0, 0, 0, 0])
+                        for column, count in enumerate(counts):
+                            kept[column] += count
+                    self._wrongs = wrongs + self._wrongs
                 raise
             return len(rows)
 
@@ -156,30 +400,41 @@ class Ledger:
             self._db.close()
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Run a read-only query after flushing, so results include every recorded row."""
-        self.flush()
+        """Run a read-only query after flushing, so results include every recorded row.
+
+        A flush that fails (a full disk) keeps its rows for later and does not fail the read:
+        the answer then lacks the rows recorded since the last flush that worked."""
+        try:
+            self.flush()
+        except sqlite3.Error:
+            log.warning("ledger flush failed; reading without the latest rows", exc_info=True)
         with self._lock:
             return list(self._db.execute(sql, params).fetchall())
 
     def report(self, since: float | None = None, until: float | None = None) -> UsageReport:
         where, params = _window(since, until)
-        groups: dict[str, dict[str, UsageLine]] = {"endpoint": {}, "model": {}, "namespace": {}}
+        groups: dict[str, dict[str, UsageLine]] = {
+            "endpoint": {},
+            "model": {},
+            "namespace": {},
+            "source": {},
+        }
         totals = UsageLine()
         rows = self.query(
-            "SELECT endpoint, model, namespace,"
-            " CASE WHEN kind = 'call' AND stop_reason LIKE 'error%' THEN 'failed' ELSE kind END,"
+            f"SELECT endpoint, model, namespace, source, {_KIND},"
             " COUNT(*), SUM(input_tokens),"
             " SUM(output_tokens), SUM(cache_creation_input_tokens),"
             " SUM(cache_read_input_tokens), SUM(COALESCE(cost_usd, 0))"
-            f" FROM ledger {where} GROUP BY 1, 2, 3, 4",
+            f" FROM ledger {where} GROUP BY 1, 2, 3, 4, 5",
             params,
         )
-        for endpoint, model, namespace, kind, n, inp, out, cw, cr, usd in rows:
+        for endpoint, model, namespace, source, kind, n, inp, out, cw, cr, usd in rows:
             lines = [
                 totals,
                 groups["endpoint"].setdefault(str(endpoint), UsageLine()),
                 groups["model"].setdefault(str(model), UsageLine()),
                 groups["namespace"].setdefault(str(namespace), UsageLine()),
+                groups["source"].setdefault(str(source), UsageLine()),
             ]
             counts = (int(n), int(inp), int(out), int(cw), int(cr))  # type: ignore[call-overload]
             for line in lines:
@@ -193,6 +448,7 @@ class Ledger:
             endpoints=groups["endpoint"],
             models=groups["model"],
             namespaces=groups["namespace"],
+            sources=groups["source"],
         )
 
 

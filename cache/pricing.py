@@ -40,12 +40,16 @@ class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class _PriceFile(msgspec.Struct, forbid_unknown_fields=True):
     models: dict[str, ModelPrice]
+    # Optional in the file, so price tables written before batches were priced stay valid.
+    batch_multiplier: float = 0.5
 
 
 class PriceTable:
     """Looks up a model id (exactly, then without a -YYYYMMDD suffix, then by alias)."""
 
-    def __init__(self, prices: dict[str, ModelPrice]) -> None:
+    def __init__(self, prices: dict[str, ModelPrice], *, batch_multiplier: float = 0.5) -> None:
+        self.batch_multiplier = batch_multiplier
+        """What the Message Batches API bills of every token kind (0.5: half price)."""
         self._prices: dict[str, ModelPrice] = {}
         for model, price in prices.items():
             for name in (model, *price.aliases):
@@ -64,7 +68,9 @@ class PriceTable:
             values = (price.input, price.output, price.cache_write, price.cache_read)
             if min(values) < 0:
                 raise InvalidInput(f"price table {source}: negative price for {model}")
-        return cls(parsed.models)
+        if not 0 < parsed.batch_multiplier <= 1:
+            raise InvalidInput(f"price table {source}: batch_multiplier must be in (0, 1]")
+        return cls(parsed.models, batch_multiplier=parsed.batch_multiplier)
 
     def __contains__(self, model: str) -> bool:
         return self.price(model) is not None
@@ -75,8 +81,9 @@ class PriceTable:
             found = self._prices.get(_DATE_SUFFIX.sub("", model))
         return found
 
-    def cost(self, model: str, usage: Usage) -> float | None:
-        """USD cost of `usage` on `model`; None (and one warning per model) when unknown."""
+    def cost(self, model: str, usage: Usage, *, batch: bool = False) -> float | None:
+        """USD cost of `usage` on `model` (through the Message Batches API if `batch`);
+        None (and one warning per model) when unknown."""
         price = self.price(model)
         if price is None:
             if model not in self._warned:
@@ -85,4 +92,4 @@ class PriceTable:
                     "no price for model %r: its cost and savings are reported as null", model
                 )
             return None
-        return price.cost(usage)
+        return price.cost(usage) * (self.batch_multiplier if batch else 1.0)

@@ -18,7 +18,7 @@ import faiss
 import msgspec
 import numpy as np
 
-from embeddings import Embedder
+from embeddings import Embedder, EmbeddingTimeout
 
 from . import guards
 from .entry import (
@@ -32,7 +32,7 @@ from .entry import (
 )
 from .errors import InvalidInput, NotFound, Unavailable, VersionConflict
 from .index import GroupIndex, IndexPolicy
-from .ledger import Ledger, LedgerRow, UsageLine
+from .ledger import Ledger, LedgerRow, UsageLine, WrongHit
 from .normalize import (
     normalize_question,
     validate_namespace,
@@ -559,9 +559,15 @@ class SemanticCache:
             )
         except _NeedsSearch:
             return None
+        except EmbeddingTimeout as exc:  # expected while the model hangs: no traceback flood
+            log.warning("lookup failed open to a miss (namespace %s): %s", namespace, exc)
+            self.counters.record_lookup(namespace, "misses", error=True)
+            self.ledger.record_lookup(namespace, "misses", error=True, ts=self._clock())
+            return result
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
             self.counters.record_lookup(namespace, "misses", error=True)
+            self.ledger.record_lookup(namespace, "misses", error=True, ts=self._clock())
             return result
         if candidate is not None:
             result.nearest_similarity = candidate.similarity
@@ -569,6 +575,7 @@ class SemanticCache:
             result.guard = candidate.guard
         if candidate is None or not candidate.accepts(threshold, self.config.margin):
             self.counters.record_lookup(namespace, "misses")
+            self.ledger.record_lookup(namespace, "misses", ts=self._clock())
             return result
         entry = candidate.entry
         result.hit = True
@@ -577,9 +584,9 @@ class SemanticCache:
         result.similarity = candidate.similarity
         result.saved_usd = entry.cost_usd
         result.saved_tokens = entry.usage.total
-        self.counters.record_lookup(
-            namespace, "exact_hits" if candidate.match == "exact" else "semantic_hits"
-        )
+        outcome = "exact_hits" if candidate.match == "exact" else "semantic_hits"
+        self.counters.record_lookup(namespace, outcome)
+        self.ledger.record_lookup(namespace, outcome, ts=self._clock())
         self.ledger.record(
             LedgerRow(
                 kind="hit",
@@ -626,6 +633,17 @@ class SemanticCache:
                 correct=True,
                 min_similarity=entry.min_similarity if entry else None,
             )
+        self.ledger.record_wrong(
+            WrongHit(
+                namespace=hit.namespace,
+                lookup_id=lookup_id,
+                entry_id=hit.entry_id,
+                question=hit.text,
+                similarity=hit.similarity,
+                match=hit.match,
+                ts=self._clock(),
+            )
+        )
         floor: float | None = None
         with self._write_lock:
             entry = self._store_entry(hit.entry_id)
@@ -662,6 +680,18 @@ class SemanticCache:
         """The stored entry with this id, of any version and state, or None."""
         int_id = parse_entry_id(entry_id)
         return self._store.get_entry(int_id) if int_id is not None else None
+
+    def now(self) -> float:
+        """The cache's (injectable) clock: reports window on the time lookups are stamped with."""
+        return self._clock()
+
+    def namespaces(self) -> dict[str, tuple[int, int]]:
+        """Every known namespace: its catalog version and live entries of that version.
+        Unlike `stats`, reads no ledger."""
+        now = self._clock()
+        names = set(self.counters.snapshot()) | set(self._versions)
+        names |= {key[0] for key in list(self._groups)}
+        return {ns: (self.version(ns), self._live_entries(ns, now)) for ns in sorted(names)}
 
     def hit_namespace(self, lookup_id: str) -> str | None:
         """The namespace of a recent hit that can still take feedback, or None."""

@@ -1,7 +1,7 @@
 """Text embedders. Knows nothing of the cache or of HTTP."""
 
 from .base import Embedder, Matrix, l2_normalise
-from .batching import BatchingEmbedder
+from .batching import BatchingEmbedder, EmbeddingTimeout
 from .loading import Backend, default_graph_dir, load_embedder
 from .sentence import SentenceTransformerEmbedder, default_model_path
 
@@ -9,6 +9,7 @@ __all__ = [
     "Backend",
     "BatchingEmbedder",
     "Embedder",
+    "EmbeddingTimeout",
     "Matrix",
     "SentenceTransformerEmbedder",
     "default_graph_dir",

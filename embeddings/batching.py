@@ -1,18 +1,28 @@
-"""Concurrent embedding requests share one model call.
+"""Concurrent embedding requests share one model call, and nobody waits on a stuck model.
 
 A model call costs about the same for one short text as for a few dozen, and only one runs
 at a time. So while one call runs, requests that arrive queue up, and the next call takes
 them all. Nothing waits on a timer: a request that finds the model idle runs at once.
+
+Model calls run on one worker thread of their own, so that every caller only waits, and a
+waiter can give up: when the running call has taken far longer than it should (a hung
+runtime, a starved machine), its waiters raise `EmbeddingTimeout` and new requests fail at
+once, until the model answers again. The cache turns that into a miss (fail open).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .base import Embedder, Matrix
+
+
+class EmbeddingTimeout(RuntimeError):
+    """The model has not answered within its deadline; the caller should fail open."""
 
 
 class _Job:
@@ -26,21 +36,35 @@ class _Job:
 
 
 class BatchingEmbedder:
-    """Wraps an Embedder; thread-safe; the thread that finds the model idle leads a batch.
+    """Wraps an Embedder; thread-safe.
 
-    The leader embeds every queued text in one call (up to `max_batch` texts), hands each
-    caller its rows, and repeats until its own request is done; then another waiting thread
-    takes over, so no caller serves others for long.
+    `deadline_s` bounds how long a model call may run per `max_batch` texts it embeds (a
+    call of 256 texts gets four times as long as a lookup's); None waits for ever, as a
+    bare embedder would.
     """
 
-    def __init__(self, inner: Embedder, *, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        inner: Embedder,
+        *,
+        max_batch: int = 64,
+        deadline_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._inner = inner
         self._max_batch = max_batch
+        self._deadline_s = deadline_s
+        self._now = clock
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
-        self._leading = False
+        self._worker: threading.Thread | None = None
+        self._closed = False
+        self._running_since: float | None = None
+        self._running_budget = 0.0
         self.calls = 0
         """Model calls made, for tests and metrics."""
+        self.timeouts = 0
+        """Requests that gave up on a model that did not answer in time."""
 
     @property
     def dim(self) -> int:
@@ -50,54 +74,100 @@ class BatchingEmbedder:
     def name(self) -> str:
         return self._inner.name
 
+    @property
+    def deadline_s(self) -> float | None:
+        return self._deadline_s
+
+    def stalled_for(self) -> float | None:
+        """Seconds the running model call has been running past its deadline, or None."""
+        with self._cond:
+            return self._overdue()
+
+    def _overdue(self) -> float | None:
+        if self._running_since is None or self._deadline_s is None:
+            return None
+        late = self._now() - self._running_since - self._running_budget
+        return late if late > 0 else None
+
+    def _until_overdue(self) -> float | None:
+        if self._deadline_s is None:
+            return None
+        if self._running_since is None:
+            return self._deadline_s
+        left = self._running_since + self._running_budget - self._now()
+        return max(left, 0.0) + 0.001
+
     def embed(self, texts: Sequence[str]) -> Matrix:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         job = _Job(list(texts))
         with self._cond:
+            if self._closed:
+                raise RuntimeError("the embedder is closed")
+            if self._overdue() is not None:
+                self.timeouts += 1
+                raise EmbeddingTimeout("the embedding model is not answering")
             self._queue.append(job)
-            while self._leading and not job.done:
-                self._cond.wait()
-            if not job.done:
-                self._leading = True
-        if not job.done:
-            try:
-                while not job.done:
-                    self._run_batch()
-            finally:
-                with self._cond:
-                    self._leading = False
-                    self._cond.notify_all()
+            if self._worker is None:
+                self._worker = threading.Thread(
+                    target=self._work, name="semcache-embed", daemon=True
+                )
+                self._worker.start()
+            self._cond.notify_all()
+            while not job.done:
+                # Woken by every finished call; the timed wait notices a call that never ends.
+                self._cond.wait(timeout=self._until_overdue())
+                if not job.done and self._overdue() is not None:
+                    if job in self._queue:
+                        self._queue.remove(job)
+                    self.timeouts += 1
+                    raise EmbeddingTimeout(
+                        f"the embedding model has not answered in {self._deadline_s} s"
+                    )
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
 
-    def _run_batch(self) -> None:
+    def close(self) -> None:
+        """Stop the worker thread once the queue is empty (it is a daemon either way)."""
         with self._cond:
-            batch: list[_Job] = []
-            size = 0
-            while self._queue and (
-                not batch or size + len(self._queue[0].texts) <= self._max_batch
-            ):
-                taken = self._queue.pop(0)
-                batch.append(taken)
-                size += len(taken.texts)
-        if not batch:
-            return
-        texts = [text for job in batch for text in job.texts]
-        try:
-            vectors = self._inner.embed(texts)
-        except BaseException as exc:  # every caller of the batch sees the failure
-            for job in batch:
-                job.error = exc
-        else:
-            start = 0
-            for job in batch:
-                job.result = vectors[start : start + len(job.texts)]
-                start += len(job.texts)
-        with self._cond:
-            self.calls += 1
-            for job in batch:
-                job.done = True
+            self._closed = True
             self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    self._worker = None
+                    return
+                batch: list[_Job] = []
+                size = 0
+                while self._queue and (
+                    not batch or size + len(self._queue[0].texts) <= self._max_batch
+                ):
+                    taken = self._queue.pop(0)
+                    batch.append(taken)
+                    size += len(taken.texts)
+                if self._deadline_s is not None:
+                    self._running_budget = self._deadline_s * max(1.0, size / self._max_batch)
+                self._running_since = self._now()
+            texts = [text for job in batch for text in job.texts]
+            try:
+                vectors = self._inner.embed(texts)
+            except BaseException as exc:  # every caller of the batch sees the failure
+                for job in batch:
+                    job.error = exc
+            else:
+                start = 0
+                for job in batch:
+                    job.result = vectors[start : start + len(job.texts)]
+                    start += len(job.texts)
+            with self._cond:
+                self._running_since = None
+                self.calls += 1
+                for job in batch:
+                    job.done = True
+                self._cond.notify_all()

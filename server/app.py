@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
 from cache import CacheConfig, PriceTable, SemanticCache
@@ -21,6 +22,10 @@ from cache.answering import Answerer
 from embeddings import BatchingEmbedder, Embedder, load_embedder
 
 from .access import ClientKeys
+from .dashboard import dashboard
+from .metrics import Metrics
+from .metrics import metrics as metrics_route
+from .observe import RequestObserver
 from .problems import EXCEPTION_HANDLERS
 from .proxy import Proxy, messages
 from .routes import DEPENDENCIES, AdminController, CacheController, healthz, readyz
@@ -78,8 +83,11 @@ def create_app(
                     threads=settings.embed_threads,
                 )
             )
-        # Lookups run in worker threads: concurrent ones share model calls.
-        model = BatchingEmbedder(loaded)
+        # Lookups run in worker threads: concurrent ones share model calls, and give up
+        # (a miss) on a model call that hangs.
+        model = BatchingEmbedder(loaded, deadline_s=settings.embed_deadline_s)
+        opened.append(model)
+        app.state.embedder = model
         kwargs = {"clock": clock} if clock is not None else {}
         cache = await anyio.to_thread.run_sync(
             lambda: SemanticCache(
@@ -135,12 +143,28 @@ def create_app(
                     await asyncio.gather(resource, return_exceptions=True)
                 elif isinstance(resource, AnthropicModelClient):
                     await resource.aclose()
+                elif isinstance(resource, BatchingEmbedder):
+                    resource.close()
                 else:
                     await anyio.to_thread.run_sync(resource.close)
                     log.info("semcache stopped; index and counters saved")
 
-    return Litestar(
-        route_handlers=[CacheController, AdminController, healthz, readyz, messages],
+    metrics = Metrics(
+        cache=lambda: app.state.get("cache"), embedder=lambda: app.state.get("embedder")
+    )
+    app = Litestar(
+        route_handlers=[
+            CacheController,
+            AdminController,
+            healthz,
+            readyz,
+            messages,
+            dashboard,
+            metrics_route,
+        ],
+        middleware=[
+            DefineMiddleware(RequestObserver, metrics=metrics, log_requests=settings.access_log)
+        ],
         dependencies=DEPENDENCIES,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -152,6 +176,8 @@ def create_app(
                 "answerer": None,
                 "proxy": None,
                 "load_error": None,
+                "embedder": None,
+                "metrics": metrics,
             }
         ),
         request_max_body_size=settings.max_body_bytes,
@@ -164,3 +190,4 @@ def create_app(
             path="/schema",
         ),
     )
+    return app

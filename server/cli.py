@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,12 +18,16 @@ from cache.quality.cli import add_arguments as add_eval_arguments
 from cache.quality.cli import run_from_args as run_eval
 from cache.report import findings, render
 
+from .logs import configure_logging
 from .settings import Settings
+from .warm import add_arguments as add_warm_arguments
+from .warm import run as run_warm
 
 # Command-line arguments that are not settings.
 _NOT_SETTINGS = frozenset(
     {"command", "config", "since", "until", "json", "file", "namespace", "url", "target_precision"}
     | {"out", "suites", "quick", "split", "memo_dir", "traps", "margins", "no_progress"}
+    | {"key", "tier", "endpoint", "concurrency", "batch", "resume", "poll_interval_s"}
 )
 
 
@@ -55,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, help="JSON list or JSONL of FAQ records")
     importer.add_argument("--namespace", default="default")
     importer.add_argument("--url", help="server base URL (default: from host and port settings)")
+    warm = commands.add_parser(
+        "warm", help="answer a list of expected questions ahead of users, in a running server"
+    )
+    add_warm_arguments(warm)
     evaluate = commands.add_parser(
         "eval", help="measure answer quality on public data through the server's own rule"
     )
@@ -165,8 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SemcacheError as exc:
         print(f"semcache: {exc.detail}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    configure_logging(
+        settings.log_level,
+        json_lines=args.command == "serve" and settings.log_format == "json",
     )
     if args.command == "eval":
         from cache import CacheConfig
@@ -179,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _calibrate(settings, args.file, args.target_precision, args.json)
     if args.command == "import":
         return _import(settings, args.file, args.namespace, args.url)
+    if args.command == "warm":
+        return run_warm(settings, args)
     if args.command == "report":
         try:
             return report(settings, args.since, args.until, args.json)
@@ -209,7 +219,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
-            access_log=settings.access_log,
+            # Our own request line (server/observe.py) replaces uvicorn's access log, and
+            # uvicorn's loggers go to the handler configure_logging set up.
+            access_log=False,
+            log_config=None,
             timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout_s)),
         )
     return 0

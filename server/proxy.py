@@ -9,18 +9,38 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Annotated, Any
 
 import anthropic
 import anyio
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
+from litestar.params import HeaderParameter
 from litestar.response import ServerSentEvent
 from litestar.response.sse import ServerSentEventMessage
 
-from cache import Forbidden, InvalidInput, SemanticCache, SemcacheError, Unauthorized, Usage
+from cache import (
+    NAMESPACE_PATTERN,
+    Forbidden,
+    InvalidInput,
+    SemanticCache,
+    SemcacheError,
+    Unauthorized,
+    Usage,
+)
 from cache.answering import Answerer, estimate_tokens, system_text
 from cache.ledger import LedgerRow
 from cache.normalize import validate_namespace
@@ -28,7 +48,9 @@ from cache.upstream import UpstreamError, UpstreamNotConfigured
 
 from .access import HEADER as KEY_HEADER
 from .access import Access
-from .schemas import ENDPOINT_PATTERN
+from .observe import note
+from .problems import documented
+from .schemas import ENDPOINT_PATTERN, AnthropicError, Message, MessagesRequest, json_request_body
 from .settings import Settings
 from .upstream import AnthropicModelClient, split_params, usage_of
 
@@ -154,13 +176,14 @@ class ProxyCall(msgspec.Struct, kw_only=True):
     store: bool
     beta: str | None = None
     """The caller's anthropic-beta header: beta features are switched on by header."""
+    note: Callable[..., None] | None = None
+    """Adds fields to the request's log line (server/observe.py)."""
 
 
-def _caller_key(request: Request[Any, Any, Any]) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _caller_key(api_key: str, authorization: str) -> str | None:
+    if api_key:
+        return api_key
+    scheme, _, token = authorization.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
@@ -181,13 +204,177 @@ def json_depth(value: Any) -> int:
         level = children
 
 
-@post("/v1/messages", tags=["proxy"], status_code=200)
-async def messages(request: Request[Any, Any, State], state: State) -> Response[Any]:
-    """The Anthropic Messages API (JSON and SSE), with the semantic cache in front.
+def _api_errors(descriptions: dict[int, str]) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(
+            data_container=AnthropicError, description=description, generate_examples=False
+        )
+        for status, description in descriptions.items()
+    }
 
-    Headers: `x-semcache-namespace` (default `default`), `x-semcache-endpoint` (ledger tag),
-    `cache-control: no-cache` (skip the lookup) / `no-store` (skip the write).
-    """
+
+MESSAGES_RESPONSES: dict[int, ResponseSpec] = {
+    200: ResponseSpec(
+        data_container=Message,
+        description="The answer: from the cache (x-semcache-status: hit) or from the API. "
+        "With `stream: true`, the Messages API's server-sent events instead.",
+        generate_examples=False,
+    ),
+    **_api_errors(
+        {
+            400: "Not a JSON object with a string `model`, a list `messages` and an integer "
+            "`max_tokens`; nested too deeply; too many messages; a bad x-semcache-namespace "
+            "or x-semcache-endpoint; or refused by the API",
+            401: "No or an unknown x-semcache-key (when client keys are configured), no API "
+            "key at all, or a key the API refuses",
+            402: "A billing error of the API",
+            403: "The x-semcache-key does not cover the namespace, or the API refused",
+            404: "Not found by the API (e.g. an unknown model)",
+            429: "Rate limited by the API (its retry-after is passed on)",
+            500: "An internal error of the API",
+            502: "The API could not be reached",
+            503: "semcache is still starting",
+            504: "The API timed out",
+            529: "The API is overloaded",
+        }
+    ),
+    # The body limit is the app's (problem+json); MessagesOperation adds the API's own 413.
+    **documented(413),
+}
+SSE_MEDIA_TYPE = "text/event-stream"
+
+
+@dataclass
+class MessagesOperation(Operation):
+    """What Litestar cannot see of `messages`: the body it reads itself, the event stream it
+    answers with `stream: true`, and the API's own 413 beside the body limit's."""
+
+    def __post_init__(self) -> None:
+        self.request_body = json_request_body(
+            MessagesRequest,
+            required=True,
+            description="The Messages API request, as the SDK sends it.",
+            example={
+                "model": "claude-haiku-4-5",
+                "max_tokens": 256,
+                "messages": [{"role": "user", "content": "How do I reset my password?"}],
+            },
+        )
+        responses = self.responses or {}
+        answer, invalid, too_large = responses["200"], responses["400"], responses["413"]
+        assert isinstance(answer, OpenAPIResponse) and answer.content is not None
+        assert isinstance(invalid, OpenAPIResponse) and invalid.content is not None
+        assert isinstance(too_large, OpenAPIResponse) and too_large.content is not None
+        # Open API 3.1 has an event stream's `schema` describe each event (3.2's itemSchema).
+        answer.content[SSE_MEDIA_TYPE] = OpenAPIMediaType(
+            schema=Schema(
+                type=OpenAPIType.OBJECT,
+                description="One server-sent event, as the API sends them: message_start, "
+                "content_block_start, content_block_delta..., content_block_stop, "
+                "message_delta, message_stop; `error` if the API's stream fails midway. A "
+                "hit is replayed as the same sequence.",
+                required=["event", "data"],
+                properties={
+                    "event": Schema(
+                        type=OpenAPIType.STRING,
+                        examples=["message_start", "content_block_delta", "message_stop"],
+                    ),
+                    "data": Schema(
+                        type=OpenAPIType.STRING,
+                        content_media_type="application/json",
+                        content_schema=Schema(
+                            type=OpenAPIType.OBJECT,
+                            required=["type"],
+                            properties={"type": Schema(type=OpenAPIType.STRING)},
+                        ),
+                    ),
+                },
+            )
+        )
+        answer.headers = {
+            "x-semcache-status": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.STRING, enum=["hit", "miss", "bypass"]),
+                description="bypass: not looked up (cache-control: no-cache; or the last "
+                "turn is not a user's text, or is too long, or the previous user turn, its "
+                "context, is not text).",
+                required=True,
+            ),
+            "x-semcache-similarity": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.STRING),
+                description="On a hit: the cosine similarity of the question to the entry.",
+            ),
+            "x-semcache-entry-id": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.STRING),
+                description="On a hit: the entry served (see GET /v1/entries/{entry_id}).",
+            ),
+        }
+        too_large.content.update(invalid.content)
+        too_large.description = (
+            "Over the server's max_body_bytes (problem+json), or too large for the API"
+        )
+
+
+@post(
+    "/v1/messages",
+    tags=["proxy"],
+    status_code=200,
+    summary="Messages",
+    description="The Anthropic Messages API (JSON and server-sent events) with the semantic "
+    "cache in front: point the SDK's base_url here. Bodies and errors are the API's own.",
+    responses=MESSAGES_RESPONSES,
+    operation_class=MessagesOperation,
+)
+async def messages(
+    request: Request[Any, Any, State],
+    state: State,
+    namespace_header: Annotated[
+        str,
+        HeaderParameter(
+            name="x-semcache-namespace",
+            description="The namespace to look up and store in.",
+            schema_extra={"pattern": NAMESPACE_PATTERN},
+        ),
+    ] = "default",
+    endpoint: Annotated[
+        str,
+        HeaderParameter(
+            name="x-semcache-endpoint",
+            description="A tag for the ledger: which feature of your app asked.",
+            schema_extra={"pattern": ENDPOINT_PATTERN},
+        ),
+    ] = "proxy",
+    cache_control: Annotated[
+        str,
+        HeaderParameter(
+            name="cache-control",
+            description="`no-cache`: skip the lookup; `no-store`: do not store the answer.",
+            schema_extra={"examples": ["no-cache", "no-store", "no-cache, no-store"]},
+        ),
+    ] = "",
+    client_key: Annotated[
+        str,
+        HeaderParameter(
+            name=KEY_HEADER,
+            description="The client key, when the server has client keys configured.",
+        ),
+    ] = "",
+    api_key: Annotated[
+        str,
+        HeaderParameter(
+            name="x-api-key",
+            description="Your Anthropic API key, used upstream instead of the server's "
+            "(`Authorization: Bearer <key>` works too).",
+        ),
+    ] = "",
+    beta: Annotated[
+        str,
+        HeaderParameter(
+            name="anthropic-beta",
+            description="Passed upstream: beta features are switched on by this header.",
+        ),
+    ] = "",
+) -> Response[Any]:
+    """The Anthropic Messages API (JSON and SSE), with the semantic cache in front."""
     cache: SemanticCache | None = state.get("cache")
     proxy: Proxy | None = state.get("proxy")
     if cache is None or proxy is None:
@@ -226,17 +413,16 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
             f"at most {settings.max_messages} messages are accepted, got {len(body['messages'])}",
         )
     try:
-        namespace = validate_namespace(request.headers.get("x-semcache-namespace", "default"))
+        namespace = validate_namespace(namespace_header)
     except InvalidInput as exc:
         return anthropic_error(400, "invalid_request_error", exc.detail)
     try:
-        Access(state.client_keys, request.headers.get(KEY_HEADER)).check(namespace)
+        Access(state.client_keys, client_key).check(namespace)
     except Unauthorized as exc:
         return anthropic_error(401, "authentication_error", exc.detail)
     except Forbidden as exc:
         return anthropic_error(403, "permission_error", exc.detail)
-    directives = {d.strip().lower() for d in request.headers.get("cache-control", "").split(",")}
-    endpoint = request.headers.get("x-semcache-endpoint", "proxy")
+    directives = {d.strip().lower() for d in cache_control.split(",")}
     if not ENDPOINT_RE.fullmatch(endpoint):
         return anthropic_error(
             400, "invalid_request_error", "x-semcache-endpoint must match " + ENDPOINT_PATTERN
@@ -245,12 +431,14 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
         body=body,
         namespace=namespace,
         endpoint=endpoint,
-        api_key=_caller_key(request),
+        api_key=_caller_key(api_key, request.headers.get("authorization", "")),
         scope=SemanticCache.scope_of({k: v for k, v in body.items() if k not in _UNSCOPED}),
         key=match_key(body.get("messages"), cache.config.max_question_chars),
         store="no-store" not in directives,
-        beta=request.headers.get("anthropic-beta"),
+        beta=beta or None,
+        note=partial(note, request),
     )
+    note(request, namespace=namespace)
     if call.key is not None and "no-cache" not in directives:
         question, context = call.key
         try:
@@ -266,6 +454,15 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
             )
         except InvalidInput:
             found = None  # e.g. a question over the length limit: not cacheable, just forward
+        if found is not None:
+            note(
+                request,
+                outcome=found.match or "miss",
+                similarity=round(found.similarity or found.nearest_similarity or 0.0, 4),
+                lookup_id=found.lookup_id,
+                entry_id=found.entry.id if found.entry else None,
+                saved_tokens=found.saved_tokens,
+            )
         if found is not None and found.hit and found.entry is not None:
             message = hit_message(found.entry.id, body["model"], found.entry.answer)
             headers = {
@@ -277,6 +474,7 @@ async def messages(request: Request[Any, Any, State], state: State) -> Response[
                 return ServerSentEvent(replay_stream(message), headers=headers)
             return Response(message, headers=headers)
     status = "miss" if call.key is not None and "no-cache" not in directives else "bypass"
+    note(request, outcome="model" if status == "miss" else "bypass")
     return await proxy.forward(call, status)
 
 
@@ -408,6 +606,15 @@ class Proxy:
     ) -> None:
         system = system_text(call.body.get("system"))
         max_tokens = call.body.get("max_tokens")
+        if call.note is not None:
+            call.note(
+                model=model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_input_tokens=usage.cache_read_input_tokens,
+                spent_usd=cost,
+                stop_reason=stop_reason,
+            )
         self.cache.ledger.record(
             LedgerRow(
                 kind="call",

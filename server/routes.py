@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -16,12 +17,15 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import JSONBody, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from cache import InvalidInput, SemanticCache, Unauthorized, Unavailable, Usage
+from cache import InvalidInput, LookupResult, SemanticCache, Unauthorized, Unavailable, Usage
 from cache.answering import Answerer
 from cache.ledger import UsageReport
+from cache.warm import probe, warm_ask
+from embeddings import BatchingEmbedder
 
 from .access import HEADER as KEY_HEADER
 from .access import Access, ClientKeys
+from .observe import note
 from .problems import documented
 from .schemas import (
     AskRequest,
@@ -43,10 +47,12 @@ from .schemas import (
     VersionOut,
     VersionRequest,
     _time,
+    documented_body,
     lookup_response,
     usage_out,
 )
 from .settings import Settings
+from .warm import is_warm
 
 EntryId = Annotated[str, Parameter(description="16 hex digits, as returned by POST /v1/entries")]
 NamespacePath = Annotated[str, Parameter(pattern=Namespace.__metadata__[0].pattern)]
@@ -55,6 +61,10 @@ NamespacePath = Annotated[str, Parameter(pattern=Namespace.__metadata__[0].patte
 def _timestamp(moment: datetime) -> float:
     """Unix seconds; a time without a zone is taken as UTC."""
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _rounded(similarity: float | None) -> float | None:
+    return None if similarity is None else round(similarity, 4)
 
 
 def _not_ready(state: State) -> Unavailable:
@@ -117,18 +127,26 @@ class CacheController(Controller):
         data: JSONBody[LookupRequest],
         cache: NamedDependency[SemanticCache],
         access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
         access.check(data.namespace)
-        # A repeat is answered here on the event loop (a hash and a read); only a lookup that
-        # needs the model goes to a worker thread, where concurrent ones share its calls.
-        result = cache.lookup_exact(
-            data.question,
-            data.namespace,
-            data.threshold,
-            endpoint=data.endpoint,
-            context=data.context,
-        )
+        if is_warm(request.headers):  # decided by the same rule, counted nowhere (cache/warm.py)
+            result: LookupResult | None = await anyio.to_thread.run_sync(
+                lambda: probe(
+                    cache, data.question, data.namespace, data.threshold, context=data.context
+                )
+            )
+        else:
+            # A repeat is answered here on the event loop (a hash and a read); only a lookup
+            # that needs the model goes to a worker thread, where concurrent ones share its calls.
+            result = cache.lookup_exact(
+                data.question,
+                data.namespace,
+                data.threshold,
+                endpoint=data.endpoint,
+                context=data.context,
+            )
         if result is None:
             result = await anyio.to_thread.run_sync(
                 lambda: cache.lookup(
@@ -139,6 +157,15 @@ class CacheController(Controller):
                     context=data.context,
                 )
             )
+        note(
+            request,
+            namespace=result.namespace,
+            outcome=result.match or "miss",
+            similarity=_rounded(result.similarity or result.nearest_similarity),
+            lookup_id=result.lookup_id,
+            entry_id=result.entry.id if result.entry else None,
+            saved_tokens=result.saved_tokens,
+        )
         return lookup_response(result)
 
     @post(
@@ -241,10 +268,12 @@ class CacheController(Controller):
         data: JSONBody[AskRequest],
         answerer: NamedDependency[Answerer],
         access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> AskResponse:
         """Answer from the cache, else from the cheapest tier that serves; store the answer."""
         access.check(data.namespace)
-        result = await answerer.ask(
+        ask = partial(warm_ask, answerer) if is_warm(request.headers) else answerer.ask
+        result = await ask(
             data.question,
             namespace=data.namespace,
             tier=data.tier,
@@ -252,6 +281,20 @@ class CacheController(Controller):
             max_tokens=data.max_tokens,
             endpoint=data.endpoint,
             threshold=data.threshold,
+        )
+        note(
+            request,
+            namespace=data.namespace,
+            outcome=result.match or "model",
+            similarity=_rounded(result.similarity),
+            lookup_id=result.lookup_id,
+            entry_id=result.entry_id,
+            model=result.model,
+            tier=result.tier,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            spent_usd=result.spent_usd,
+            saved_usd=result.saved_usd,
         )
         return AskResponse(
             answer=result.answer,
@@ -320,6 +363,13 @@ class AdminController(Controller):
         "/namespaces/{namespace:str}/version",
         status_code=HTTP_200_OK,
         responses=documented(400, 401, 409, 413, 503),
+        # The body is read below, not by Litestar: an empty one is valid (+1).
+        operation_class=documented_body(
+            VersionRequest,
+            required=False,
+            description='`{"version": N}` to move to version N, or no body to add one. '
+            "Every entry of an older version stops being served at once.",
+        ),
     )
     async def set_version(
         self,
@@ -358,6 +408,15 @@ def healthz() -> Health:
 
 
 @get("/readyz", tags=["health"], sync_to_thread=False, responses=documented(503))
-def readyz(cache: NamedDependency[SemanticCache]) -> Health:
-    """The embedding model is loaded and the store is open (503 until then)."""
+def readyz(cache: NamedDependency[SemanticCache], state: State) -> Health:
+    """The embedding model is loaded and the store is open (503 until then), and the model
+    answers: while a model call is late past `embed_deadline_s`, lookups fail open to misses
+    and this answers 503."""
+    embedder: BatchingEmbedder | None = state.get("embedder")
+    late = embedder.stalled_for() if embedder is not None else None
+    if late is not None and embedder is not None:  # a hung or starved model
+        raise Unavailable(
+            f"an embedding call is {late:.1f} s past its deadline of {embedder.deadline_s} s;"
+            " lookups are failing open to misses"
+        )
     return Health(status="ready", embedder=cache.embedder_name)

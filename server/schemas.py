@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from inspect import cleandoc
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import Meta
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody, Schema
+from msgspec import UNSET, Meta, UnsetType
 
 from cache import NAMESPACE_PATTERN, Entry, LookupResult, NamespaceStats, Usage
 from cache.entry import MAX_TOKENS_FIELD
@@ -274,3 +277,154 @@ class Problem(msgspec.Struct, kw_only=True):
     status: int
     detail: str
     instance: str
+
+
+# ----------------------------------------------------------------- POST /v1/messages (the proxy)
+# Documentation only: the proxy reads its body itself and forwards it as sent, so these types
+# never decode a request. They are open (unknown fields are allowed) as the API is.
+
+
+class ContentBlock(msgspec.Struct, kw_only=True):
+    """A content block. Only text is matched against the cache: a question with any other
+    kind (image, document, tool_use, tool_result, ...) is forwarded and never cached."""
+
+    type: Annotated[str, Meta(examples=["text", "image", "tool_use", "tool_result"])]
+    text: Annotated[str, Meta(description="The text of a `text` block.")] | UnsetType = UNSET
+
+
+class InputMessage(msgspec.Struct, kw_only=True):
+    role: Literal["user", "assistant"]
+    content: str | list[ContentBlock]
+
+
+class SystemBlock(msgspec.Struct, kw_only=True):
+    type: Literal["text"]
+    text: str
+
+
+class MessagesRequest(msgspec.Struct, kw_only=True):
+    """A Messages API request, forwarded as sent on a miss: any field not listed here is
+    accepted and passed through. semcache itself checks only that `model` is a string,
+    `messages` a list and `max_tokens` an integer, and the nesting depth (`max_json_depth`, 64
+    by default); the API validates the rest, as documented here. Every field but `messages`,
+    `stream` and `metadata` is part of the cache scope: a hit needs the same ones."""
+
+    model: Annotated[str, Meta(min_length=1, examples=["claude-haiku-4-5"])]
+    max_tokens: Annotated[int, Meta(ge=1)]
+    messages: Annotated[
+        list[InputMessage],
+        Meta(
+            min_length=1,
+            description="The conversation. When the last turn is a user's text it is the "
+            "question looked up, with the previous user turn as its context. At most "
+            "`max_messages` turns (a server setting, 1000 by default).",
+        ),
+    ]
+    system: str | list[SystemBlock] | UnsetType = UNSET
+    stream: (
+        Annotated[bool, Meta(description="Answer as text/event-stream, hits included.")] | UnsetType
+    ) = UNSET
+    metadata: dict[str, Any] | UnsetType = UNSET
+    temperature: Annotated[float, Meta(ge=0.0, le=1.0)] | UnsetType = UNSET
+    top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | UnsetType = UNSET
+    top_k: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    stop_sequences: list[str] | UnsetType = UNSET
+    tools: list[dict[str, Any]] | UnsetType = UNSET
+    tool_choice: dict[str, Any] | UnsetType = UNSET
+
+
+class MessageUsage(msgspec.Struct, kw_only=True):
+    """Tokens billed; all zero on a hit, which makes no upstream call."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int | UnsetType | None = UNSET
+    cache_read_input_tokens: int | UnsetType | None = UNSET
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """A Messages API answer: the API's own on a miss; on a hit, the stored text as one
+    text block, with id `msg_semcache_<entry_id>`."""
+
+    id: str
+    type: Literal["message"]
+    role: Literal["assistant"]
+    model: str
+    content: list[ContentBlock]
+    stop_reason: str | None
+    stop_sequence: str | None
+    usage: MessageUsage
+
+
+class ErrorDetail(msgspec.Struct, kw_only=True):
+    type: Annotated[str, Meta(examples=["invalid_request_error", "overloaded_error"])]
+    message: str
+
+
+class AnthropicError(msgspec.Struct, kw_only=True):
+    """An error in the Messages API's own form, so the SDK raises its usual exception class:
+    the API's errors are passed through, and semcache words its own the same way."""
+
+    type: Literal["error"]
+    error: ErrorDetail
+
+
+# ------------------------------------------------------- bodies that handlers read themselves
+
+
+@dataclass
+class JSONSchema(Schema):
+    """A schema written as JSON Schema. Litestar documents a body from the handler's `data`
+    parameter; a handler that reads `request.body()` itself has none, so its body's schema
+    comes from msgspec instead."""
+
+    document: dict[str, Any] = field(default_factory=dict)
+
+    def to_schema(self) -> dict[str, Any]:
+        return self.document
+
+
+def inline_json_schema(type_: Any) -> dict[str, Any]:
+    """msgspec's JSON Schema of `type_` with every `$ref` replaced by its definition: an
+    operation's schema cannot add definitions to the document's components."""
+    schema = msgspec.json.schema(type_)
+    definitions: dict[str, Any] = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            inlined = {key: inline(value) for key, value in node.items()}
+            if isinstance(inlined.get("description"), str):
+                # msgspec takes a Struct's docstring as written, indentation included.
+                inlined["description"] = cleandoc(inlined["description"])
+            return inlined
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    document: dict[str, Any] = inline(schema)
+    return document
+
+
+def json_request_body(
+    type_: Any, *, required: bool, description: str, example: Any = None
+) -> RequestBody:
+    schema = JSONSchema(document=inline_json_schema(type_))
+    media = OpenAPIMediaType(schema=schema, example=example)
+    return RequestBody(
+        content={"application/json": media}, required=required, description=description
+    )
+
+
+def documented_body(type_: Any, *, required: bool, description: str) -> type[Operation]:
+    """An `operation_class` documenting `type_` as the JSON body of a handler that reads
+    its body itself (so that it keeps its own errors and empty-body meaning)."""
+
+    @dataclass
+    class BodyDocumented(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = json_request_body(type_, required=required, description=description)
+
+    return BodyDocumented

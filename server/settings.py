@@ -16,7 +16,7 @@ from cache.answering import DEFAULT_TIERS, Tier
 
 ENV_PREFIX = "SEMCACHE_"
 NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
-SECRET_FIELDS = ("admin_token", "anthropic_api_key")
+SECRET_FIELDS = ("admin_token", "anthropic_api_key", "metrics_token")
 # Structured settings given in the environment are JSON.
 _JSON_FIELDS = ("tiers", "endpoint_tiers", "history_window", "client_keys")
 
@@ -55,6 +55,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Folder of the exported ONNX graph; unset: `<data_dir>/models`. Servers may share one."""
     embed_threads: int = 0
     """Threads of one embedding call under ONNX Runtime; 0 means one per CPU."""
+    embed_deadline_s: float = 5.0
+    """How long a lookup waits on a model call that does not answer before it fails open to
+    a miss (bulk writes get this per 64 texts). While a call is that late, /readyz is 503."""
     max_body_bytes: int = 1_048_576
     """Largest request body accepted, in bytes."""
     max_question_chars: int = 2_000
@@ -73,8 +76,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """How often counters, hit counts and the vector index are written to disk."""
     log_level: str = "info"
     """Python logging level name."""
-    access_log: bool = False
-    """Log a line per HTTP request (uvicorn's access log); off, it costs ~20% of an exact hit."""
+    log_format: Literal["json", "text"] = "json"
+    """`json`: one JSON object per log line (request lines carry the request id, the cache
+    outcome, similarity, latency and tokens); `text`: plain lines for a terminal."""
+    access_log: bool = True
+    """Log one line per HTTP request (see `log_format`)."""
+    metrics_token: str | None = None
+    """A read-only bearer token for GET /metrics; /metrics is open only while neither this nor
+    the admin token is set."""
     anthropic_api_key: str | None = None
     """Key for calls made on misses; defaults to the SDK's own ANTHROPIC_API_KEY."""
     anthropic_base_url: str | None = None
@@ -124,6 +133,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise InvalidInput(f"margin must be between 0 and 1, got {self.margin}")
         if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
             raise InvalidInput("upstream_timeout_s must be positive, upstream_max_retries >= 0")
+        if self.embed_deadline_s <= 0:
+            raise InvalidInput(f"embed_deadline_s must be positive, got {self.embed_deadline_s}")
         if self.embed_threads < 0:
             raise InvalidInput(
                 f"embed_threads must be 0 (all cores) or more, got {self.embed_threads}"

@@ -12,6 +12,7 @@ from anthropic.resources.messages import AsyncMessages
 
 from cache import Usage
 from cache.upstream import ModelReply, UpstreamError, UpstreamNotConfigured
+from cache.warm import BatchItem, BatchRequest, BatchStatus
 
 # Parameters the SDK's `messages.create` takes by name; anything else rides in `extra_body`,
 # so the proxy forwards fields this SDK version does not know yet.
@@ -31,6 +32,48 @@ def usage_of(usage: Any) -> Usage:
         cache_creation_input_tokens=int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
         cache_read_input_tokens=int(getattr(usage, "cache_read_input_tokens", 0) or 0),
     )
+
+
+def reply_of(message: Any) -> ModelReply:
+    """The parts of an SDK `Message` the cache uses."""
+    return ModelReply(
+        text="".join(block.text for block in message.content if block.type == "text"),
+        model=message.model,
+        usage=usage_of(message.usage),
+        stop_reason=message.stop_reason,
+        has_tool_use=any(block.type == "tool_use" for block in message.content),
+        request_id=getattr(message, "_request_id", None),
+    )
+
+
+def batch_status(batch: Any) -> BatchStatus:
+    counts = batch.request_counts
+    return BatchStatus(
+        id=batch.id,
+        processing_status=batch.processing_status,
+        processing=counts.processing,
+        succeeded=counts.succeeded,
+        errored=counts.errored,
+        canceled=counts.canceled,
+        expired=counts.expired,
+    )
+
+
+def batch_item(line: Any) -> BatchItem:
+    result = line.result
+    if result.type == "succeeded":
+        return BatchItem(
+            custom_id=line.custom_id, outcome="succeeded", reply=reply_of(result.message)
+        )
+    if result.type == "errored":
+        error = result.error.error
+        return BatchItem(
+            custom_id=line.custom_id,
+            outcome="errored",
+            error_type=getattr(error, "type", None),
+            error_message=getattr(error, "message", None),
+        )
+    return BatchItem(custom_id=line.custom_id, outcome=result.type)
 
 
 def split_params(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,15 +156,41 @@ class AnthropicModelClient:
             )
         except anthropic.APIError as exc:
             raise upstream_error(exc) from exc
-        text = "".join(block.text for block in message.content if block.type == "text")
-        return ModelReply(
-            text=text,
-            model=message.model,
-            usage=usage_of(message.usage),
-            stop_reason=message.stop_reason,
-            has_tool_use=any(block.type == "tool_use" for block in message.content),
-            request_id=getattr(message, "_request_id", None),
-        )
+        return reply_of(message)
+
+    # Message Batches: always on the server's own key, like /v1/ask.
+
+    async def create_batch(self, requests: list[BatchRequest]) -> BatchStatus:
+        client = self.for_key(None)
+        wire: list[Any] = []
+        for request in requests:
+            params: dict[str, Any] = {
+                "model": request.model,
+                "max_tokens": request.max_tokens,
+                "messages": request.messages,
+            }
+            if request.system:
+                params["system"] = request.system
+            wire.append({"custom_id": request.custom_id, "params": params})
+        try:
+            batch = await client.messages.batches.create(requests=wire)
+        except anthropic.APIError as exc:
+            raise upstream_error(exc) from exc
+        return batch_status(batch)
+
+    async def batch_status(self, batch_id: str) -> BatchStatus:
+        try:
+            batch = await self.for_key(None).messages.batches.retrieve(batch_id)
+        except anthropic.APIError as exc:
+            raise upstream_error(exc) from exc
+        return batch_status(batch)
+
+    async def batch_results(self, batch_id: str) -> list[BatchItem]:
+        try:
+            lines = await self.for_key(None).messages.batches.results(batch_id)
+            return [batch_item(line) async for line in lines]
+        except anthropic.APIError as exc:
+            raise upstream_error(exc) from exc
 
     async def aclose(self) -> None:
         await self.sdk.close()

@@ -38,6 +38,17 @@ Auth: this SDK version sends ``api_key`` as ``Authorization: Bearer <key>`` (not
   ``anthropic.APIStatusError`` with ``status_code == 200`` (the HTTP status), whatever the
   error type; ``.type`` carries e.g. "overloaded_error".
 * The SDK drops ``ping`` events; they are only visible on the raw wire.
+
+Message Batches (``POST /v1/messages/batches``, ``GET /v1/messages/batches/{id}`` and its
+``/results`` as JSONL): a batch answers ``in_progress`` to its first `batch_polls` retrievals
+(constructor argument or attribute, default 1) and ``ended`` from then on. Its requests are
+processed when it ends, in order, each popping a scripted reaction as a /v1/messages request
+would (a `delay_s` is ignored): a non-200 status becomes an ``errored`` result with that error
+type, ``batch_outcome`` makes a ``canceled`` or ``expired`` one, and params the Messages API
+would refuse make an ``invalid_request_error`` one. As on the real API, ``request_counts``
+stay all ``processing`` until the batch ends, ``results_url`` is absolute and set only then,
+and usage reports ``service_tier: "batch"``. Batch requests never count in `calls()`; see
+`batches`.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -91,6 +103,9 @@ DEFAULT_ERROR_TYPES: dict[int, str] = {
 }
 
 _THREAD_PREFIX = "fake-anthropic-"
+_BATCHES = "/v1/messages/batches"
+_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_BATCH_TTL_S = 24 * 3600.0
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -134,6 +149,8 @@ class Scripted:
     stream_error_after: int | None = None
     """Streams only: after N text deltas send an SSE ``error`` event (type `error_type`,
     default overloaded_error) and end the stream cleanly, like a mid-stream overload."""
+    batch_outcome: str | None = None
+    """Batches only: "canceled" or "expired" ends this request unprocessed, with that result."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +176,18 @@ class _Answer:
     blocks: list[dict[str, Any]]
     stop_reason: str
     usage: dict[str, Any]
+
+
+@dataclass
+class _Batch:
+    """One Message Batch: its requests, and once it has ended, one result line per request."""
+
+    id: str
+    requests: list[dict[str, Any]]
+    created_at: float
+    polls_left: int
+    ended_at: float | None = None
+    results: list[dict[str, Any]] | None = None
 
 
 class _StreamCut(Exception):
@@ -322,6 +351,12 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
+def _rfc3339(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -333,10 +368,13 @@ class FakeAnthropic:
     ``Authorization: Bearer``); otherwise any non-empty key is accepted.
     """
 
-    def __init__(self, *, api_key: str | None = None) -> None:
+    def __init__(self, *, api_key: str | None = None, batch_polls: int = 1) -> None:
         self.api_key = api_key
+        self.batch_polls = batch_polls
+        """How many retrievals of a new batch answer in_progress before it ends."""
         self.url = ""
         self.requests: list[Recorded] = []
+        self._batches: dict[str, _Batch] = {}
         self._lock = threading.Lock()
         self._queues: dict[str | None, deque[Scripted]] = {}
         self._cached_prefixes: set[str] = set()
@@ -437,6 +475,12 @@ class FakeAnthropic:
         with self._lock:
             self._cached_prefixes.clear()
 
+    @property
+    def batches(self) -> dict[str, list[dict[str, Any]]]:
+        """The requests (``custom_id`` and ``params``) of every batch created, by batch id."""
+        with self._lock:
+            return {key: list(batch.requests) for key, batch in self._batches.items()}
+
     # ------------------------------------------------------------------ ASGI app
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -464,6 +508,9 @@ class FakeAnthropic:
             self.requests.append(Recorded(method, path, headers, parsed, raw))
 
         request_id = _new_id("req_")
+        if path == _BATCHES or path.startswith(_BATCHES + "/"):
+            await self._batch_route(send, method, path, headers, parsed, request_id)
+            return
         if path not in ("/v1/messages", "/v1/messages/count_tokens"):
             await self._error(send, 404, "not_found_error", f"Not found: {path}", request_id)
             return
@@ -534,6 +581,172 @@ class FakeAnthropic:
                 "usage": answer.usage,
             }
             await self._json(send, 200, message, request_id)
+
+    # ------------------------------------------------------------------ Message Batches
+
+    async def _batch_route(
+        self,
+        send: Send,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        parsed: Any,
+        request_id: str,
+    ) -> None:
+        parts = path[len(_BATCHES) :].strip("/").split("/") if path != _BATCHES else []
+        allowed = "POST" if not parts else "GET"
+        if len(parts) > 2 or (len(parts) == 2 and parts[1] != "results"):
+            await self._error(send, 404, "not_found_error", f"Not found: {path}", request_id)
+            return
+        if method != allowed:
+            await self._error(
+                send, 405, "invalid_request_error", f"Method {method} not allowed", request_id
+            )
+            return
+        auth_problem = self._check_auth(headers)
+        if auth_problem is not None:
+            await self._error(send, 401, "authentication_error", auth_problem, request_id)
+            return
+        if not headers.get("anthropic-version"):
+            await self._error(
+                send, 400, "invalid_request_error", "anthropic-version: header is required",
+                request_id,
+            )  # fmt: skip
+            return
+        if not parts:
+            try:
+                batch = self._create_batch(parsed)
+            except _BadRequest as exc:
+                await self._error(send, 400, "invalid_request_error", exc.message, request_id)
+                return
+            await self._json(send, 200, self._batch_json(batch), request_id)
+            return
+        with self._lock:
+            found = self._batches.get(parts[0])
+        if found is None:
+            message = f"No message batch found with id {parts[0]!r}"
+            await self._error(send, 404, "not_found_error", message, request_id)
+            return
+        if len(parts) == 1:
+            self._poll(found)
+            await self._json(send, 200, self._batch_json(found), request_id)
+            return
+        if found.results is None:
+            message = f"Message batch {found.id} has not ended yet: no results"
+            await self._error(send, 400, "invalid_request_error", message, request_id)
+            return
+        data = b"".join(json.dumps(line).encode() + b"\n" for line in found.results)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/binary"),
+                    (b"content-length", str(len(data)).encode()),
+                    (b"request-id", request_id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": data})
+
+    def _create_batch(self, body: Any) -> _Batch:
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            raise _BadRequest("requests: Field required (a non-empty list)")
+        seen: set[str] = set()
+        for i, request in enumerate(requests):
+            if not isinstance(request, dict):
+                raise _BadRequest(f"requests.{i}: Input should be a valid dictionary")
+            custom_id = request.get("custom_id")
+            if not isinstance(custom_id, str) or not _CUSTOM_ID.fullmatch(custom_id):
+                raise _BadRequest(
+                    f"requests.{i}.custom_id: String should match ^[a-zA-Z0-9_-]{{1,64}}$"
+                )
+            if custom_id in seen:
+                raise _BadRequest(f"requests.{i}.custom_id: {custom_id!r} is not unique")
+            seen.add(custom_id)
+            if not isinstance(request.get("params"), dict):
+                raise _BadRequest(f"requests.{i}.params: Field required")
+        batch = _Batch(
+            id=_new_id("msgbatch_"),
+            requests=requests,
+            created_at=time.time(),
+            polls_left=self.batch_polls,
+        )
+        with self._lock:
+            self._batches[batch.id] = batch
+        return batch
+
+    def _poll(self, batch: _Batch) -> None:
+        """One retrieval: the batch ends (and its requests are processed) when its polls run out."""
+        with self._lock:
+            if batch.results is not None:
+                return
+            if batch.polls_left > 0:
+                batch.polls_left -= 1
+                return
+        results = [self._batch_result(request) for request in batch.requests]
+        with self._lock:
+            if batch.results is None:
+                batch.results, batch.ended_at = results, time.time()
+
+    def _batch_result(self, request: dict[str, Any]) -> dict[str, Any]:
+        custom_id = request["custom_id"]
+        try:
+            body = _validate_messages(request["params"], need_max_tokens=True)
+        except _BadRequest as exc:
+            error = {"type": "invalid_request_error", "message": exc.message}
+            return self._errored(custom_id, error)
+        reaction = self._pop(body["model"])
+        if reaction.batch_outcome is not None:
+            return {"custom_id": custom_id, "result": {"type": reaction.batch_outcome}}
+        if reaction.status != 200:
+            error_type = reaction.error_type or DEFAULT_ERROR_TYPES.get(
+                reaction.status,
+                "api_error" if reaction.status >= 500 else "invalid_request_error",
+            )
+            return self._errored(
+                custom_id, {"type": error_type, "message": f"Scripted {error_type}"}
+            )
+        answer = self._answer(body, reaction)
+        message = {
+            "id": _new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": answer.blocks,
+            "stop_reason": answer.stop_reason,
+            "stop_sequence": None,
+            "usage": {**answer.usage, "service_tier": "batch"},
+        }
+        return {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
+
+    @staticmethod
+    def _errored(custom_id: str, error: dict[str, Any]) -> dict[str, Any]:
+        response = {"type": "error", "error": error, "request_id": _new_id("req_")}
+        return {"custom_id": custom_id, "result": {"type": "errored", "error": response}}
+
+    def _batch_json(self, batch: _Batch) -> dict[str, Any]:
+        with self._lock:
+            results = batch.results
+        counts = dict.fromkeys(("canceled", "errored", "expired", "processing", "succeeded"), 0)
+        if results is None:
+            counts["processing"] = len(batch.requests)
+        else:
+            for line in results:
+                counts[line["result"]["type"]] += 1
+        return {
+            "id": batch.id,
+            "type": "message_batch",
+            "processing_status": "in_progress" if results is None else "ended",
+            "request_counts": counts,
+            "ended_at": _rfc3339(batch.ended_at),
+            "created_at": _rfc3339(batch.created_at),
+            "expires_at": _rfc3339(batch.created_at + _BATCH_TTL_S),
+            "archived_at": None,
+            "cancel_initiated_at": None,
+            "results_url": None if results is None else f"{self.url}{_BATCHES}/{batch.id}/results",
+        }
 
     def _check_auth(self, headers: dict[str, str]) -> str | None:
         key = headers.get("x-api-key")

@@ -42,6 +42,7 @@ import httpx
 import pytest
 
 from embeddings.onnx_embedder import OnnxEmbedder
+from tests.fake_anthropic import FakeAnthropic, Scripted
 from tests.server_process import ServerProcess
 
 NAMESPACE = "crash"
@@ -462,3 +463,57 @@ def test_sigterm_drains_requests_in_flight(start_server: Callable[[], ServerProc
     # The file saved at shutdown held every write: reused as it was, neither patched nor rebuilt.
     assert "patched" not in restart_log and "rebuilding" not in restart_log, restart_log
     assert again.terminate() in CLEAN_EXITS
+
+
+def test_sigterm_waits_for_a_slow_upstream_answer_and_keeps_it(
+    tmp_path: Path, onnx_embedder: OnnxEmbedder
+) -> None:
+    """The deterministic twin of the test above: the request in flight is a /v1/ask miss
+    whose model answer takes seconds, so the signal surely arrives while it is served."""
+    question = "what is the warranty on a refurbished laptop"
+    graph_dir = onnx_embedder.graph_path.parent
+    with FakeAnthropic() as fake:
+        fake.script(Scripted(text="Twelve months.", delay_s=3.0))
+        env = {
+            **SERVER_ENV,
+            "ANTHROPIC_API_KEY": "sk-ant-test",
+            "SEMCACHE_ANTHROPIC_BASE_URL": fake.url,
+            "SEMCACHE_UPSTREAM_MAX_RETRIES": "0",
+        }
+        server = ServerProcess(tmp_path / "data", graph_dir, env=env)
+        answers: list[httpx.Response] = []
+        errors: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                with httpx.Client(base_url=server.base, timeout=WAIT_S) as client:
+                    answers.append(client.post("/v1/ask", json={"question": question}))
+            except BaseException as exc:
+                errors.append(exc)
+
+        asker = threading.Thread(target=ask)
+        try:
+            asker.start()
+            deadline = time.monotonic() + WAIT_S
+            while fake.pending() and time.monotonic() < deadline:  # the call reached the model
+                time.sleep(0.01)
+            assert fake.pending() == 0, server.log_text()
+            server.proc.send_signal(signal.SIGTERM)
+            exit_status = server.proc.wait(timeout=WAIT_S)
+        finally:
+            asker.join(timeout=WAIT_S)
+            server.ensure_stopped()
+    log = server.log_text()
+    assert not errors, errors
+    assert exit_status in CLEAN_EXITS, log
+    assert len(answers) == 1 and answers[0].status_code == 200, log
+    assert answers[0].json()["answer"] == "Twelve months." and answers[0].json()["stored"]
+
+    again = ServerProcess(tmp_path / "data", graph_dir, env=SERVER_ENV)
+    try:
+        with httpx.Client(base_url=again.base, timeout=WAIT_S) as client:
+            found = client.post("/v1/lookup", json={"question": question}).json()
+            assert found["hit"] is True and found["answer"] == "Twelve months."
+        assert "patched" not in again.log_text() and "rebuilding" not in again.log_text()
+    finally:
+        again.ensure_stopped()

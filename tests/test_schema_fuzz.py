@@ -27,20 +27,24 @@ How it is tested:
 * Random ids never exist, so schemathesis hooks also draw entry ids and lookup ids from entries
   and hits made at the start of each test: GET/DELETE /v1/entries/{id} and /v1/feedback reach
   their 200 answers too. Every operation must answer a 2xx at least once in its test.
-* POST /v1/messages documents no request body, so schemathesis could only send it an empty
-  one: `test_messages_never_5xx` generates Messages API bodies (well-formed, and arbitrary JSON
-  in every field) and semcache headers itself, and checks that no answer is a 5xx.
+* POST /v1/messages and the admin version POST read their bodies themselves; their entries
+  document those bodies (open, for /v1/messages: the API validates what semcache forwards), so
+  schemathesis fuzzes them like the others. /v1/messages answers the API's own JSON, or
+  text/event-stream with `stream: true`. `test_messages_never_5xx` adds bodies schemathesis
+  rarely makes: repeated questions (hits, as JSON and replayed as a stream), conversations,
+  arbitrary JSON in each field, and semcache's headers.
 * States that fuzzing does not reach get one request per operation, checked against the same
   document: the start-up window (the lifespan has not opened the cache: every cache route
-  answers a documented 503), a body over `max_body_bytes` (a documented 413), and the version
-  bodies of POST /admin/namespaces/{namespace}/version, which its entry does not document.
+  answers a documented 503), a body over `max_body_bytes` (a documented 413), and each kind of
+  version body (a raise, the same again, a bad one, none, not JSON).
 
-Bugs found are kept visible as strict xfails (`test_bug_*`, and marked parameters of the tests
-above), each a minimal reproduction against an app without client keys; one that starts
-passing fails the suite: drop its mark with the fix. Fixed, and now plain tests: 500s on
-/v1/messages without `max_tokens` or `messages`, with a scalar `system`, or with a scalar older
-turn in a summarised namespace; an undocumented 503 and 413 on /v1/feedback and a 413 on the
-admin version route.
+Bugs found are kept visible as strict xfails (none is open), each a minimal reproduction against
+an app without client keys; one that starts passing fails the suite: drop its mark with the
+fix. Fixed, and now plain tests: 500s on /v1/messages without `max_tokens` or `messages`, with
+a scalar `system`, or with a scalar older turn in a summarised namespace; an undocumented 503
+and 413 on /v1/feedback and a 413 on the admin version route; the undocumented bodies of
+/v1/messages and of the admin version route, and the undocumented answers of /v1/messages (its
+errors, 413 and 503 included, and its event stream).
 
 `SEMCACHE_FUZZ_EXAMPLES=<n>` raises the per-operation example budget for a deeper local run.
 """
@@ -64,7 +68,6 @@ from litestar.testing import TestClient
 from schemathesis import Case as GenericCase
 from schemathesis import GenerationMode, HookContext, Response
 from schemathesis.checks import CheckFunction, not_a_server_error
-from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -149,20 +152,6 @@ def served_document() -> dict[str, Any]:
 DOCUMENT = served_document()
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT, config=schemathesis.Config())
 SCHEMA.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-# It documents no request body: test_messages_never_5xx generates its requests instead.
-FUZZED = SCHEMA.exclude(path="/v1/messages")
-
-
-def xfail_bugs(labels: list[str], bugs: dict[str, str]) -> list[Any]:
-    """`labels` as parameters, those in `bugs` marked as a strict xfail naming the bug."""
-    return [
-        pytest.param(
-            label, marks=pytest.mark.xfail(strict=True, raises=FailureGroup, reason=bugs[label])
-        )
-        if label in bugs
-        else label
-        for label in labels
-    ]
 
 
 def validate(
@@ -320,7 +309,7 @@ def test_fuzzed_document_is_the_served_one(app: Litestar) -> None:
     assert response.json() == DOCUMENT
 
 
-@FUZZED.parametrize()
+@SCHEMA.parametrize()
 @FUZZ_SETTINGS
 def test_fuzz_operation(
     case: Case, app: Litestar, seeded: Seeds, statuses: dict[str, list[int]]
@@ -341,7 +330,7 @@ def test_fuzz_operation(
     validate(case, response, app, CHECKS, headers)
 
 
-# ------------------------------------------------------- POST /v1/messages (no body documented)
+# ------------------------------------------------ POST /v1/messages, beyond what schemathesis makes
 
 MESSAGES = SCHEMA["/v1/messages"]["POST"]
 JSON_LEAF = (
@@ -423,12 +412,11 @@ MESSAGES_HEADERS = st.fixed_dictionaries(
 def test_messages_never_5xx(
     app: Litestar, statuses: dict[str, list[int]], body: dict[str, Any], headers: dict[str, str]
 ) -> None:
+    """No 5xx, and answers as documented, for requests schemathesis rarely makes."""
     case = MESSAGES.Case(body=body, headers=headers, media_type="application/json")
     response = case.call(app=app)
     tally(statuses, case, response)
-    # Conformance is not checked: the entry documents only `200 application/json` and no body
-    # (test_bug_messages_answers_are_undocumented). A 5xx is a bug whatever the document says.
-    validate(case, response, app, [not_a_server_error])
+    validate(case, response, app, CHECKS, headers)
 
 
 # ----------------------------------------------------------- states the fuzzer does not reach
@@ -509,23 +497,7 @@ def test_every_documented_operation_has_a_valid_request() -> None:
     assert {f"{method.upper()} {path}" for path in paths for method in paths[path]} == set(VALID)
 
 
-BUG_MESSAGES_UNDOCUMENTED = (
-    "BUG: POST /v1/messages documents only `200 application/json` (no request body); it also "
-    "answers 400, 401, 403, 413, 503, upstream errors, and text/event-stream when streaming"
-)
-BUG_413 = (
-    "BUG: the app-wide max_body_bytes answers 413 problem+json on every route that reads a "
-    "body, but this route does not document 413"
-)
-
-
-@pytest.mark.parametrize(
-    "label",
-    xfail_bugs(
-        list(VALID),
-        {"POST /v1/messages": BUG_MESSAGES_UNDOCUMENTED},
-    ),
-)
+@pytest.mark.parametrize("label", list(VALID))
 def test_while_starting_answers_are_documented(starting_up: StartingUp, label: str) -> None:
     case, headers = make_case(label)
     response = case.call(app=starting_up, headers=headers)
@@ -533,13 +505,7 @@ def test_while_starting_answers_are_documented(starting_up: StartingUp, label: s
     assert response.status_code == (200 if label == "GET /healthz" else 503), response.text
 
 
-@pytest.mark.parametrize(
-    "label",
-    xfail_bugs(
-        TAKES_A_BODY,
-        {"POST /v1/messages": BUG_413},
-    ),
-)
+@pytest.mark.parametrize("label", TAKES_A_BODY)
 def test_an_oversized_body_is_a_documented_413(plain: Litestar, label: str) -> None:
     case, headers = make_case(label, body={"padding": "x" * SMALL_BODY_LIMIT})
     response = case.call(app=plain, headers=headers)
@@ -548,55 +514,53 @@ def test_an_oversized_body_is_a_documented_413(plain: Litestar, label: str) -> N
 
 
 def test_version_bodies_are_documented_answers(plain: Litestar) -> None:
-    """POST /admin/namespaces/{namespace}/version reads `{"version": N}` (undocumented, so
-    never fuzzed): a higher version, the same again, a bad one, and a body that is not JSON."""
+    """POST /admin/namespaces/{namespace}/version reads `{"version": N}` or no body (+1): a
+    higher version, the same again, a bad one, a body that is not JSON, none, and blanks."""
     operation = SCHEMA["/admin/namespaces/{namespace}/version"]["POST"]
     expected: list[tuple[Any, int]] = [
         ({"version": 5}, 200),
         ({"version": 5}, 409),
         ({"version": 0}, 400),
         (b"{", 400),
+        (None, 200),  # no body: 6
+        (b" \n", 200),  # blank is no body: 7
     ]
     for body, status in expected:
+        extra: dict[str, Any] = {} if body is None else {"body": body}
         case = operation.Case(
-            path_parameters={"namespace": "fuzz-versions"}, body=body, media_type="application/json"
+            path_parameters={"namespace": "fuzz-versions"}, media_type="application/json", **extra
         )
         response = case.call(app=plain, headers=AUTHORIZED)
         validate(case, response, plain, CHECKS, AUTHORIZED)
         assert response.status_code == status, (body, response.text)
+    assert response.json()["catalog_version"] == 7
 
 
 # ------------------------------------------------------------- bugs, as minimal reproductions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: the JSON body these handlers read (request.body()) is not in the document, so "
-    "schemathesis never sends one (see test_version_bodies_are_documented_answers)",
-)
 @pytest.mark.parametrize(
     "label", ["POST /v1/messages", "POST /admin/namespaces/{namespace}/version"]
 )
-def test_bug_request_bodies_are_documented(label: str) -> None:
+def test_request_bodies_read_by_the_handler_are_documented(label: str) -> None:
     method, path = label.split(" ", 1)
     assert "requestBody" in DOCUMENT["paths"][path][method.lower()], f"{label} documents no body"
 
 
-@pytest.mark.xfail(strict=True, raises=FailureGroup, reason=BUG_MESSAGES_UNDOCUMENTED)
 @pytest.mark.parametrize(
     "body",
     [
         pytest.param(None, id="no-body-400"),
+        pytest.param(MESSAGES_REQUEST, id="json"),
         pytest.param({**MESSAGES_REQUEST, "stream": True}, id="stream-text/event-stream"),
     ],
 )
-def test_bug_messages_answers_are_undocumented(
-    plain: Litestar, body: dict[str, Any] | None
-) -> None:
+def test_messages_answers_are_documented(plain: Litestar, body: dict[str, Any] | None) -> None:
     extra: dict[str, Any] = {} if body is None else {"body": body}
     case = MESSAGES.Case(media_type="application/json", **extra)
-    validate(case, case.call(app=plain), plain, CHECKS)
+    response = case.call(app=plain)
+    validate(case, response, plain, CHECKS)
+    assert response.status_code == (400 if body is None else 200), response.text
 
 
 @pytest.mark.parametrize(

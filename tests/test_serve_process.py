@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,9 +66,14 @@ def test_readme_flow_and_restart(server: ServerProcess, onnx_embedder: OnnxEmbed
     log = server.log_text()
     assert "semcache stopped" in log
     assert ADMIN_TOKEN not in log
+    # JSON lines by default: every line parses, and each request has one line with its id.
+    records = [json.loads(line) for line in log.splitlines() if line.strip()]
+    lookups = [r for r in records if r.get("route") == "/v1/lookup"]
+    assert [r["outcome"] for r in lookups] == ["semantic", "miss"]
+    assert all(r["request_id"] and r["latency_ms"] > 0 and r["status"] == 200 for r in lookups)
+    assert lookups[0]["similarity"] > 0.86 and lookups[0]["namespace"] == "support"
     # It ran the default ONNX backend on the graph exported before, without a new export.
     assert "ONNX backend unavailable" not in log and "min cosine" not in log
-    assert "POST /v1/lookup" not in log  # no access log by default (SEMCACHE_ACCESS_LOG)
     index_file = server.data_dir / "index" / "support@1.faiss"
     assert index_file.exists()
 
