@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, help="JSON list or JSONL of FAQ records")
     importer.add_argument("--namespace", default="default")
     importer.add_argument("--url", help="server base URL (default: from host and port settings)")
+    importer.add_argument("--key", help="client key (x-semcache-key), if the server needs one")
     warm = commands.add_parser(
         "warm", help="answer a list of expected questions ahead of users, in a running server"
     )
@@ -105,14 +106,18 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
     return 0
 
 
-def _import(settings: Settings, file: Path, namespace: str, url: str | None) -> int:
+def _import(
+    settings: Settings, file: Path, namespace: str, url: str | None, key: str | None
+) -> int:
+    from .access import HEADER as KEY_HEADER
     from .importer import import_file
 
     base = url or f"http://{settings.host}:{settings.port}"
+    headers = {KEY_HEADER: key} if key else {}
     answers = entries = 0
     try:
         with httpx.Client(base_url=base, timeout=60) as client:
-            for created in import_file(file, client=client, namespace=namespace):
+            for created in import_file(file, client=client, namespace=namespace, headers=headers):
                 answers += 1
                 entries += 1 + len(created["alias_entry_ids"])
     except (ValueError, OSError) as exc:
@@ -186,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "calibrate":
         return _calibrate(settings, args.file, args.target_precision, args.json)
     if args.command == "import":
-        return _import(settings, args.file, args.namespace, args.url)
+        return _import(settings, args.file, args.namespace, args.url, args.key)
     if args.command == "warm":
         return run_warm(settings, args)
     if args.command == "report":

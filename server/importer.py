@@ -41,9 +41,15 @@ def read_records(path: Path) -> list[FaqRecord]:
 
 
 def import_file(
-    path: Path, *, client: httpx.Client, namespace: str, progress: bool = True
+    path: Path,
+    *,
+    client: httpx.Client,
+    namespace: str,
+    progress: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """POST every record to /v1/entries; yields each server answer. Stops at the first error."""
+    """POST every record to /v1/entries (with `headers`: a client key); yields each server
+    answer. Stops at the first error."""
     records = read_records(path)
     for record in tqdm(records, desc="import", unit="answer", disable=not progress):
         body: dict[str, Any] = {
@@ -56,7 +62,7 @@ def import_file(
         }
         if record.ttl_s is not None:
             body["ttl_s"] = record.ttl_s
-        response = client.post("/v1/entries", json=body)
+        response = client.post("/v1/entries", json=body, headers=headers)
         if response.status_code != 201:
             detail = response.json().get("detail", response.text)
             raise ValueError(f"record {record.questions[0]!r} refused: {detail}")

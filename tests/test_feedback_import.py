@@ -12,7 +12,9 @@ from litestar.testing import TestClient
 
 from embeddings import SentenceTransformerEmbedder
 from server import Settings, create_app
+from server.access import HEADER as KEY_HEADER
 from server.importer import import_file, read_records
+from tests.fakes import HashingEmbedder
 
 USAGE = {"input_tokens": 100, "output_tokens": 50}
 
@@ -123,3 +125,21 @@ def test_an_exact_hit_reported_wrong_is_not_served_again(client: TestClient[Lite
     store(client, "Do you ship to Norway?", "Yes, since May.")
     again = client.post("/v1/lookup", json={"question": "do you ship to norway"}).json()
     assert again["hit"] is True and again["answer"] == "Yes, since May."
+
+
+def test_import_sends_the_client_key(tmp_path: Path, embedder: HashingEmbedder) -> None:
+    key = "import-key-0123456789"
+    settings = Settings(data_dir=str(tmp_path / "d"), client_keys={key: ["shop"]})
+    path = tmp_path / "faq.json"
+    path.write_text(json.dumps([{"questions": ["Do you ship abroad?"], "answer": "Yes."}]))
+    with TestClient(create_app(settings, embedder=embedder)) as keyed:
+        with pytest.raises(ValueError, match="refused"):
+            list(import_file(path, client=keyed, namespace="shop", progress=False))
+        created = list(
+            import_file(
+                path, client=keyed, namespace="shop", progress=False, headers={KEY_HEADER: key}
+            )
+        )
+        assert len(created) == 1
+        stats = keyed.get("/v1/stats", headers={KEY_HEADER: key})
+        assert stats.status_code == 403  # a key for one namespace is not a key for all

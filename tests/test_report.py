@@ -6,6 +6,7 @@ import json
 import threading
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cache import PriceTable, Usage
@@ -114,3 +115,42 @@ def test_recording_never_waits_for_a_flush(tmp_path: Path) -> None:
         assert not recorder.is_alive()
     assert ledger.flush() == 1
     ledger.close()
+
+
+def test_the_all_time_report_from_rollups_equals_the_raw_rows(tmp_path: Path) -> None:
+    """Unwindowed reports (every /v1/stats) read the hourly rollup; windowed ones, raw rows."""
+    import random
+
+    chance = random.Random(7)
+    book = Ledger(tmp_path / "ledger.sqlite3")
+    for i in range(600):
+        kind = chance.choice(["call", "hit"])
+        book.record(
+            LedgerRow(
+                kind=kind,  # type: ignore[arg-type]
+                source=chance.choice(["ask", "proxy", "warm", "lookup"]),
+                namespace=chance.choice(["a", "b"]),
+                endpoint=chance.choice(["faq", "chat"]),
+                model=chance.choice(["claude-haiku-4-5", "claude-sonnet-4-5"]),
+                usage=Usage(input_tokens=chance.randrange(500), output_tokens=chance.randrange(90)),
+                cost_usd=chance.choice([None, chance.random() / 100]),
+                stop_reason="error 529" if kind == "call" and i % 9 == 0 else "end_turn",
+                ts=1_700_000_000 + i * 397.0,
+            )
+        )
+        if i % 100 == 0:
+            book.flush()
+    rolled = book.report()
+    raw = book.report(since=0.0)
+    book.close()
+    assert rolled.totals.calls > 0 and rolled.totals.failed_calls > 0 and rolled.totals.hits > 0
+
+    def plain(line: object) -> dict[str, object]:
+        return msgspec.structs.asdict(line)  # type: ignore[arg-type]
+
+    assert plain(rolled.totals) == pytest.approx(plain(raw.totals))
+    for group in ("endpoints", "models", "namespaces", "sources"):
+        got, want = getattr(rolled, group), getattr(raw, group)
+        assert got.keys() == want.keys()
+        for name in want:
+            assert plain(got[name]) == pytest.approx(plain(want[name])), (group, name)
