@@ -26,6 +26,7 @@ _SCOPE_KEY = "semcache.log"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 request_log = logging.getLogger("semcache.request")
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def note(request: Request[Any, Any, Any], **fields: Any) -> None:
@@ -84,7 +85,10 @@ class RequestObserver:
             outcome = str(fields.get("outcome", "none"))
             self._metrics.observe_request(route, status, outcome, seconds)
             if self._log_requests:
-                request_log.info(
+                # Probes and scrapes come every few seconds: their lines only at debug level.
+                quiet = route in _QUIET_ROUTES and status < 400
+                request_log.log(
+                    logging.DEBUG if quiet else logging.INFO,
                     "%s %s %d",
                     raw["method"],
                     route,
