@@ -561,21 +561,18 @@ class SemanticCache:
             return None
         except EmbeddingTimeout as exc:  # expected while the model hangs: no traceback flood
             log.warning("lookup failed open to a miss (namespace %s): %s", namespace, exc)
-            self.counters.record_lookup(namespace, "misses", error=True)
-            self.ledger.record_lookup(namespace, "misses", error=True, ts=self._clock())
+            self._count(namespace, "misses", error=True)
             return result
         except Exception:
             log.exception("lookup failed open to a miss (namespace %s)", namespace)
-            self.counters.record_lookup(namespace, "misses", error=True)
-            self.ledger.record_lookup(namespace, "misses", error=True, ts=self._clock())
+            self._count(namespace, "misses", error=True)
             return result
         if candidate is not None:
             result.nearest_similarity = candidate.similarity
             result.margin = candidate.margin
             result.guard = candidate.guard
         if candidate is None or not candidate.accepts(threshold, self.config.margin):
-            self.counters.record_lookup(namespace, "misses")
-            self.ledger.record_lookup(namespace, "misses", ts=self._clock())
+            self._count(namespace, "misses")
             return result
         entry = candidate.entry
         result.hit = True
@@ -584,9 +581,7 @@ class SemanticCache:
         result.similarity = candidate.similarity
         result.saved_usd = entry.cost_usd
         result.saved_tokens = entry.usage.total
-        outcome = "exact_hits" if candidate.match == "exact" else "semantic_hits"
-        self.counters.record_lookup(namespace, outcome)
-        self.ledger.record_lookup(namespace, outcome, ts=self._clock())
+        self._count(namespace, "exact_hits" if candidate.match == "exact" else "semantic_hits")
         self.ledger.record(
             LedgerRow(
                 kind="hit",
@@ -613,6 +608,11 @@ class SemanticCache:
             if len(self._recent) > RECENT_HITS:
                 self._recent.popitem(last=False)
         return result
+
+    def _count(self, namespace: str, outcome: str, *, error: bool = False) -> None:
+        """One lookup: in the totals of /v1/stats and in its minute for the dashboard."""
+        self.counters.record_lookup(namespace, outcome, error=error)
+        self.ledger.record_lookup(namespace, outcome, error=error, ts=self._clock())
 
     def feedback(self, lookup_id: str, correct: bool) -> Feedback:
         """Record whether a hit was right. A wrong hit is never served again for that

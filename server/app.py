@@ -23,6 +23,7 @@ from embeddings import BatchingEmbedder, Embedder, load_embedder
 
 from .access import ClientKeys
 from .dashboard import dashboard
+from .memory import release_freed_memory
 from .metrics import Metrics
 from .metrics import metrics as metrics_route
 from .observe import RequestObserver
@@ -51,6 +52,11 @@ async def _every(seconds: float, job: Callable[[], object], what: str) -> None:
             await anyio.to_thread.run_sync(job)
         except Exception:
             log.exception("periodic %s failed; will retry", what)
+
+
+def _purge_and_trim(cache: SemanticCache) -> None:
+    cache.purge()
+    release_freed_memory()
 
 
 def create_app(
@@ -115,7 +121,11 @@ def create_app(
         if not client.configured:
             log.warning("no ANTHROPIC_API_KEY: lookups work; misses of /v1/ask answer 503")
         opened.append(asyncio.create_task(_every(settings.flush_interval_s, cache.flush, "flush")))
-        opened.append(asyncio.create_task(_every(settings.purge_interval_s, cache.purge, "purge")))
+        opened.append(
+            asyncio.create_task(
+                _every(settings.purge_interval_s, lambda: _purge_and_trim(cache), "purge")
+            )
+        )
         app.state.answerer = answerer
         app.state.proxy = Proxy(cache, client, answerer, cache_truncated=settings.cache_truncated)
         app.state.cache = cache  # last: handlers treat a cache on the state as "ready"
