@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 DATA   ?= ./semcache-data
 
-.PHONY: install serve test lint typecheck check clean bench-install bench
+.PHONY: install serve test lint typecheck check clean bench-install bench soak
 
 # torch is installed first and pinned: its CPU build lies on these machines' disk, while an
 # unpinned torch (pulled in by sentence-transformers) would download a multi-GB CUDA build.
@@ -43,6 +43,10 @@ bench: bench-install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_http.py > benchmarks/results/bench_http.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_vs_gptcache.py > benchmarks/results/bench_vs_gptcache.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scale.py > benchmarks/results/bench_scale.txt
+
+# Ten minutes of mixed load against the real server; exits 1 when its verdict fails.
+soak: bench-install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/soak.py --duration 600 > benchmarks/results/soak.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

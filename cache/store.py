@@ -40,8 +40,16 @@ class EntryStore:
         directory.mkdir(parents=True, exist_ok=True)
         # eviction_policy="none": diskcache's default evicts the least recently stored items
         # past 1 GB, which would silently drop acknowledged entries.
+        # sqlite_cache_size: diskcache opens one SQLite connection per thread, each with its
+        # own page cache (32 MiB by default); the server's dozens of worker threads grew RSS
+        # by it under load (benchmarks/results/soak.txt). 4 MiB each; the mapped file and the
+        # OS page cache still serve repeated reads.
         self._db = diskcache.Cache(
-            str(directory), eviction_policy="none", tag_index=True, statistics=False
+            str(directory),
+            eviction_policy="none",
+            tag_index=True,
+            statistics=False,
+            sqlite_cache_size=2**10,
         )
 
     def close(self) -> None:
@@ -89,7 +97,7 @@ class EntryStore:
 
         One range query over diskcache's table, values decoded by diskcache's own `Disk`:
         a million entries load in seconds, where a `get` per key takes about a minute.
-        `tests/test_store.py` checks this against diskcache's public API.
+        `tests/test_large_groups.py` checks this against diskcache's public API.
         """
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         rows = self._db._sql(

@@ -19,6 +19,7 @@ from cache.quality.cli import run_from_args as run_eval
 from cache.report import findings, render
 
 from .logs import configure_logging
+from .memory import limit_arenas
 from .settings import Settings
 from .warm import add_arguments as add_warm_arguments
 from .warm import run as run_warm
@@ -219,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        limit_arenas()  # before uvicorn and the model start their threads
         uvicorn.run(
             app,
             host=settings.host,

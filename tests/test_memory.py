@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.memory import _malloc_trim, release_freed_memory
+from server.memory import _malloc_trim, limit_arenas, release_freed_memory
 
 
 @pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: there is no malloc_trim")
@@ -21,3 +21,8 @@ def test_memory_freed_in_a_worker_thread_is_given_back() -> None:
     worker.start()
     worker.join()
     assert release_freed_memory() is True
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="not glibc: there is no mallopt")
+def test_the_arena_cap_is_accepted() -> None:
+    assert limit_arenas(2) is True
