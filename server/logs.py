@@ -10,8 +10,14 @@ from pythonjsonlogger.json import JsonFormatter
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def configure_logging(level: str, *, json_lines: bool) -> None:
-    """Send every logger (uvicorn's included) to stderr, one record per line."""
+def configure_logging(level: str, *, json_lines: bool, force: bool = False) -> None:
+    """Send every logger (uvicorn's included) to stderr, one record per line.
+
+    Like `logging.basicConfig`, it leaves a root logger that already has handlers alone
+    (a host program, or pytest running `main()`), unless `force`."""
+    root = logging.getLogger()
+    if root.handlers and not force:
+        return
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(
@@ -23,6 +29,5 @@ def configure_logging(level: str, *, json_lines: bool) -> None:
         )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -239,7 +239,7 @@ def test_one_json_line_per_request_with_outcome_and_no_secrets(
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     try:
-        configure_logging("info", json_lines=True)
+        configure_logging("info", json_lines=True, force=True)
         handler.setFormatter(root.handlers[0].formatter)
         for record in lines:
             handler.handle(record)
