@@ -100,16 +100,27 @@ def test_waiters_give_up_on_a_hung_call_and_later_calls_fail_at_once(
     assert batching.embed(["after"]).shape == (1, hanging.dim)
 
 
-def test_a_large_call_gets_a_deadline_in_proportion() -> None:
-    inner = HashingEmbedder()
+def test_a_large_call_gets_a_deadline_in_proportion(hanging: HangingEmbedder) -> None:
     clock = [0.0]
-    batching = BatchingEmbedder(inner, deadline_s=1.0, max_batch=64, clock=lambda: clock[0])
-    batching._running_since, batching._running_budget = 0.0, 4.0  # as the worker sets for 256
-    clock[0] = 3.0
+    batching = BatchingEmbedder(hanging, deadline_s=1.0, max_batch=64, clock=lambda: clock[0])
+    hanging.hang = True
+    errors: list[BaseException] = []
+
+    def bulk() -> None:
+        try:
+            batching.embed([f"text {i}" for i in range(256)])  # four times a lookup's budget
+        except BaseException as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=bulk)
+    writer.start()
+    assert hanging.stuck.wait(10)
+    clock[0] = 3.0  # late for a lookup, not for 256 texts
     assert batching.stalled_for() is None
     clock[0] = 4.5
     assert batching.stalled_for() == pytest.approx(0.5)
-    batching._running_since = None
+    writer.join(timeout=10)
+    assert len(errors) == 1 and isinstance(errors[0], EmbeddingTimeout)
 
 
 def test_without_a_deadline_a_slow_call_is_waited_for() -> None:
