@@ -174,6 +174,11 @@ class GroupIndex:
     def answer_key(self, int_id: int) -> int | None:
         return self._answers.get(int_id)
 
+    def phrasings(self, answer_key: int) -> int:
+        """How many stored phrasings (live or not yet purged) share this answer."""
+        members = self._members.get(answer_key)
+        return 0 if members is None else 1 if isinstance(members, int) else len(members)
+
     def track(self, int_id: int, expires_at: float | None, answer_key: int) -> None:
         """Track an id whose vector is already in the index (used when loading a saved index)."""
         self._set_expiry(int_id, expires_at)

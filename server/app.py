@@ -72,6 +72,7 @@ def create_app(
     config = CacheConfig(
         threshold=settings.threshold,
         margin=settings.margin,
+        margin_weight=settings.margin_weight,
         guards=settings.guards,
         default_ttl_s=settings.default_ttl_s,
         max_question_chars=settings.max_question_chars,

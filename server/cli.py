@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir")
     serve.add_argument("--threshold", type=float)
     serve.add_argument("--margin", type=float)
+    serve.add_argument("--margin-weight", type=float)
     serve.add_argument("--default-ttl-s", type=float)
     serve.add_argument("--model-path")
     serve.add_argument("--price-table")
@@ -98,7 +99,11 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
                 threads=settings.embed_threads,
             ),
             target_precision=target,
-            config=CacheConfig(guards=settings.guards, max_question_chars=10**6),
+            config=CacheConfig(
+                guards=settings.guards,
+                margin_weight=settings.margin_weight,
+                max_question_chars=10**6,
+            ),
         )
     except (ValueError, OSError, KeyError) as exc:
         print(f"semcache: {exc}", file=sys.stderr)
@@ -186,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cache import CacheConfig
 
         rule = CacheConfig(
-            threshold=settings.threshold, margin=settings.margin, guards=settings.guards
+            threshold=settings.threshold,
+            margin=settings.margin,
+            margin_weight=settings.margin_weight,
+            guards=settings.guards,
         )
         return run_eval(args, config=rule, model_path=settings.model_path)
     if args.command == "calibrate":

@@ -33,7 +33,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     threshold: float = 0.86
     """Default similarity a semantic hit must reach (requests may override it)."""
     margin: float = 0.04
-    """How far the matched answer must score above the nearest other answer."""
+    """Least margin of the nearest phrasing over the nearest phrasing of another answer, for
+    every match."""
+    margin_weight: float = 2.0
+    """Where answers have several phrasings, how much that margin moves the score: each 0.01
+    below 0.15 costs this x 0.01, each 0.01 above earns as much (up to 0.05 of margin)."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None
@@ -131,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise InvalidInput("purge, flush and shutdown intervals must be positive")
         if not 0.0 <= self.margin <= 1.0:
             raise InvalidInput(f"margin must be between 0 and 1, got {self.margin}")
+        if not 0.0 <= self.margin_weight <= 10.0:
+            raise InvalidInput(f"margin_weight must be between 0 and 10, got {self.margin_weight}")
         if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
             raise InvalidInput("upstream_timeout_s must be positive, upstream_max_retries >= 0")
         if self.embed_deadline_s <= 0:

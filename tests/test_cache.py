@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cache import InvalidInput, NotFound, SemanticCache, Usage, VersionConflict
+from cache.semantic import score
 from tests.fakes import FakeClock, HashingEmbedder
 
 MakeCache = Callable[..., SemanticCache]
@@ -336,9 +337,11 @@ def test_explain_reports_the_evidence_without_side_effects(make_cache: MakeCache
     assert candidate.entry.answer == "first answer"
     assert candidate.runner_up is not None
     assert candidate.margin == pytest.approx(candidate.nearest - candidate.runner_up)
-    assert candidate.similarity == pytest.approx(
-        (candidate.nearest + candidate.answer_similarity) / 2
-    )
+    # "first answer" has two phrasings: the score is the mean of the nearest phrasing and the
+    # centroid, + 0.05, less twice the margin's shortfall below 0.15
+    matched = (candidate.nearest + candidate.answer_similarity) / 2
+    expected = matched + 0.05 - 2 * max(0.0, 0.15 - candidate.margin)
+    assert candidate.similarity == pytest.approx(min(max(matched, 0.999), expected))
     # two phrasings share "first answer": its centroid differs from the nearest phrasing
     assert candidate.answer_similarity != pytest.approx(candidate.nearest)
     assert cache.stats()[0].lookups == before.lookups  # explain counts nothing
@@ -362,6 +365,83 @@ def test_same_answer_neighbours_do_not_count_against_the_margin(make_cache: Make
     put(cache, "alpha beta gamma epsilon", "same answer")  # an alias of the first
     result = cache.lookup("alpha beta gamma delta epsilon")
     assert result.hit and result.entry is not None and result.entry.answer == "same answer"
+
+
+def test_the_margin_moves_the_score_only_where_answers_have_several_phrasings(
+    make_cache: MakeCache,
+) -> None:
+    single = make_cache(threshold=0.0, margin=0.0)
+    put(single, "alpha beta gamma delta", "first answer")
+    put(single, "alpha beta gamma epsilon", "second answer")
+    one_each = single.explain("alpha beta gamma delta epsilon")
+    assert one_each is not None and one_each.margin < 0.15
+    # one phrasing per answer, as /v1/ask stores misses: the score is the similarity itself
+    assert one_each.similarity == pytest.approx(one_each.answer_similarity)
+
+    aliased = make_cache(threshold=0.0, margin=0.0)
+    put(aliased, "alpha beta gamma delta", "first answer")
+    put(aliased, "alpha beta gamma epsilon", "second answer")
+    put(aliased, "alpha beta gamma epsilon zeta", "second answer")  # an alias
+    close = aliased.explain("alpha beta gamma delta epsilon")
+    assert close is not None and close.margin < 0.15
+    # a close call where an answer has aliases costs twice its shortfall below 0.15; the
+    # offset of 0.05 only when the answer served is the one with aliases
+    offset = 0.05 if close.entry.answer == "second answer" else 0.0
+    expected = close.matched + offset - 2 * (0.15 - close.margin)
+    assert close.similarity == pytest.approx(expected)
+    assert close.similarity < close.matched
+
+    clear = aliased.explain("alpha beta gamma delta delta")
+    assert clear is not None and clear.margin > 0.15
+    assert clear.similarity == pytest.approx(clear.answer_similarity)  # no reward for a margin
+
+    # an answer with aliases, far ahead: its similarity + 0.05
+    alias_hit = aliased.explain("alpha beta gamma epsilon zeta zeta")
+    assert alias_hit is not None and alias_hit.entry.answer == "second answer"
+    assert alias_hit.margin > 0.15
+    assert alias_hit.similarity == pytest.approx(alias_hit.matched + 0.05)
+
+
+def test_the_offset_never_lifts_a_score_to_one() -> None:
+    # 1 stays the threshold of "the same question" (or one that embeds identically)
+    assert score(0.97, margin=0.5, weight=2.0, offset=0.05) == pytest.approx(0.999)
+    assert score(0.9995, margin=0.5, weight=2.0, offset=0.05) == pytest.approx(0.9995)
+    assert score(0.97, margin=0.05, weight=2.0, offset=0.05) == pytest.approx(0.82)
+
+
+def test_a_wrong_report_raises_the_floor_on_similarity_not_on_the_moved_score(
+    make_cache: MakeCache,
+) -> None:
+    cache = make_cache(threshold=0.8, margin=0.0)
+    put(cache, "alpha beta gamma delta", "first answer")
+    put(cache, "alpha beta gamma delta zeta", "first answer")  # an alias
+    put(cache, "omega psi chi phi", "second answer")
+    hit = cache.lookup("alpha beta gamma delta eta")
+    assert hit.hit and hit.similarity is not None
+    candidate = cache.explain("alpha beta gamma delta eta")
+    assert candidate is not None and candidate.similarity > candidate.matched  # the offset
+    report = cache.feedback(hit.lookup_id, correct=False)
+    assert report.min_similarity == pytest.approx(candidate.matched + 0.01)
+    assert report.min_similarity < 1.0  # a moved score of 0.999 would have shut the entry out
+    # a question closer to the answer than the reported one is still served
+    assert cache.lookup("alpha beta gamma delta zeta delta").hit
+    assert not cache.lookup("alpha beta gamma delta eta").hit  # that question never again
+
+
+def test_a_rival_beyond_the_neighbours_read_is_still_found(make_cache: MakeCache) -> None:
+    cache = make_cache(threshold=0.0)
+    for i in range(20):  # more phrasings of one answer than the 16 neighbours read
+        put(cache, f"alpha beta gamma variant{i}", "popular answer")
+    put(cache, "alpha omega psi chi", "other answer")
+    candidate = cache.explain("alpha beta gamma")
+    assert candidate is not None and candidate.entry.answer == "popular answer"
+    assert candidate.runner_up is not None  # found by the wider search
+    assert candidate.margin == pytest.approx(candidate.nearest - candidate.runner_up)
+
+    for i in range(3):
+        put(cache, f"alpha beta gamma variant{i}", "the only answer", namespace="lone")
+    only = cache.explain("alpha beta gamma", namespace="lone")
+    assert only is not None and only.runner_up is None and only.margin == 1.0
 
 
 def test_guards_veto_parametric_traps(make_cache: MakeCache) -> None:

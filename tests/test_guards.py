@@ -19,6 +19,9 @@ from cache.guards import check
         ("Why can't I log in?", "Why can I log in?", "negation"),
         ("What is the capital of France?", "What is the capital of Spain?", "names"),
         ("Do you deliver to New York?", "Do you deliver to Boston?", "names"),
+        ("Can I pay in Paris with Visa?", "Can I pay in London with Visa?", "names"),
+        ("Why cant I log in?", "Why can I log in?", "negation"),
+        ("Can I order two cards?", "Can I order 3 cards?", "numbers"),
     ],
 )
 def test_traps_are_vetoed(query: str, stored: str, reason: str) -> None:
@@ -36,6 +39,13 @@ def test_traps_are_vetoed(query: str, stored: str, reason: str) -> None:
         ("Open an account", "How can I open a new account?"),
         ("What is the capital of France?", "capital of france please"),
         ("Can I pay with Visa?", "Is Visa accepted as payment?"),
+        # names both sides have, in any case, are shared
+        ("Why doesn't my Google pay top up work?", "My Google Pay Top up is not working"),
+        ("How do I get Top Up to work in Apple Pay?", "Can I top-up via Apple Pay?"),
+        # "one" is rarely a count: "more than one", "in one go"
+        ("I need a second card, can I have more than one?", "Can I have a second card?"),
+        # negation typed without an apostrophe is still negation
+        ("There is a charge I don't recognize", "there is a charge i dont recognize"),
     ],
 )
 def test_paraphrases_pass(query: str, stored: str) -> None:

@@ -34,7 +34,7 @@ from .suites import SUITES, SuiteResult
 
 __all__ = ["ALL_SUITES", "DataError", "run_suites"]
 
-ALL_SUITES = ("S1", "S1b", "S2", "S3", "S5", "S6", "traps")
+ALL_SUITES = ("S1", "S1b", "S2", "S3", "S5", "S6", "S6s", "traps")
 QUICK_STREAM_TAUS = grid(0.70, 0.98, 0.04)
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,7 @@ def run_suites(
         "config": {
             "threshold": cfg.threshold,
             "margin": cfg.margin,
+            "margin_weight": cfg.margin_weight,
             "guards": cfg.guards,
             "neighbours": cfg.neighbours,
         },

@@ -107,14 +107,16 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- machine: {summary['machine']['platform']}, {summary['machine']['cpu_count']} CPUs",
         f"- embedder: {summary['embedder']}",
         f"- shipped rule: threshold {cfg['threshold']}, margin {cfg['margin']}, "
+        f"margin weight {cfg.get('margin_weight', 0.0)}, "
         f"guards {'on' if cfg['guards'] else 'off'}",
         f"- data: {summary['data_dir']} (split {summary['split']}"
         f"{', --quick' if summary['quick'] else ''}); seed {summary['seed']}",
         f"- run time: {summary['seconds']:.0f} s",
         "",
-        "Server = the shipped decision rule (answer-level score, guards, margin) swept over τ; "
+        "Server = the shipped decision rule (answer-level score moved by the margin, guards) "
+        "swept over τ; "
         "threshold-only = the same cache code set up as a static cosine threshold on the "
-        "nearest phrasing (guards off, margin 0, one answer per phrasing). "
+        "nearest phrasing (guards off, margin ignored, one answer per phrasing). "
         "HR = hit rate, ER = wrong answers / lookups, P = precision.",
         "",
         "| suite | dataset | n | oracle HR | shipped: HR | ER | P | HR @ ER≤1% server "

@@ -44,6 +44,12 @@ message does).
 S6 (no-hit control). The S1 m = 5 cache, looked up only with held-out intents' utterances:
 every hit is wrong, so the error rate equals the hit rate.
 
+S6s (small FAQs; not in the protocol). The no-hit control of a namespace with few answers,
+where every match is far ahead of the other answers: 5, 10 and 20 BANKING77 intents chosen by
+``Random(f"{seed}:small{k}")``, m = 5 utterances each, looked up with the other utterances of
+those intents (group ``cached``) and every utterance of all other intents (``held-out``, must
+miss). It measures what a margin-based rule risks where the margin says little.
+
 traps. ``benchmarks/data/traps.json``: each pair in its own namespace, ``stored`` is stored
 and ``query`` explained. Traps (a number, date, name, negation or opposite action differs)
 must miss; controls (the wording differs) must hit.
@@ -261,6 +267,40 @@ def s6(ctx: Context) -> SuiteResult:
         curves_of(ctx, name, outcomes),
         info,
     )
+
+
+SMALL_FAQS = (5, 10, 20)
+
+
+def s6s(ctx: Context) -> SuiteResult:
+    source, by_intent, _, _, _ = _s1_setup(ctx)
+    intents = sorted(by_intent)
+    curves: list[Curve] = []
+    datasets: dict[str, Any] = {}
+    # A small data set (--quick, a test fixture) gets what fits, leaving intents to ask about.
+    sizes = [k for k in SMALL_FAQS if k < len(intents)] or [max(1, len(intents) // 2)]
+    for k in sizes:
+        cached = set(_rng(ctx, f"small{k}").sample(intents, k))
+        stored = [Stored(t, i) for i in sorted(cached) for t in by_intent[i][:5]]
+        queries = [Query(t, i, group="cached") for i in sorted(cached) for t in by_intent[i][5:]]
+        queries += [
+            Query(t, i, group="held-out") for i in intents if i not in cached for t in by_intent[i]
+        ]
+        outcomes = run_lookups(ctx, stored, queries)
+        name = f"banking77 {k} intents"
+        curves += curves_of(ctx, name, outcomes)
+        datasets[name] = _dataset_info(
+            source,
+            outcomes,
+            entries=len(stored),
+            cached_intents=sorted(cached),
+            groups=group_breakdown(ctx, outcomes),
+        )
+    info = {
+        "datasets": datasets,
+        "note": "few answers, m = 5; held-out lookups must miss",
+    }
+    return SuiteResult("S6s", "Small FAQs (5, 10, 20 intents, m = 5)", curves, info)
 
 
 # S1b -----------------------------------------------------------------------------------------
@@ -685,5 +725,6 @@ SUITES: dict[str, Callable[[Context], SuiteResult]] = {
     "S3": s3,
     "S5": s5,
     "S6": s6,
+    "S6s": s6s,
     "traps": traps,
 }
