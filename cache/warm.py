@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -40,7 +39,7 @@ from .errors import SemcacheError, Unavailable
 from .ledger import Ledger, LedgerRow
 from .normalize import normalize_question, validate_namespace, validate_threshold
 from .pricing import PriceTable
-from .semantic import LookupResult, SemanticCache
+from .semantic import LookupResult, SemanticCache, new_lookup_id
 from .upstream import ModelReply, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def probe(
         raise Unavailable("the cache could not be searched; nothing was asked") from exc
     result = LookupResult(
         hit=False,
-        lookup_id=uuid.uuid4().hex,
+        lookup_id=new_lookup_id(),
         namespace=namespace,
         catalog_version=cache.version(namespace),
     )

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import functools
 from importlib.resources import files
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from litestar import Router, get
+from litestar import Request, Router, get
 from litestar.di import NamedDependency
 from litestar.enums import MediaType
 from litestar.params import FromPath, Parameter
@@ -24,7 +24,7 @@ from litestar.response import Response
 from cache import NotFound, SemanticCache
 from cache.dashboard import Dashboard, build
 
-from .access import Access
+from .access import access_of
 
 _ASSETS = {
     "dashboard.html": "text/html; charset=utf-8",
@@ -67,14 +67,14 @@ def asset(name: FromPath[str]) -> Response[bytes]:
 @get("/data", sync_to_thread=True, media_type=MediaType.JSON)
 def data(
     cache: NamedDependency[SemanticCache],
-    access: NamedDependency[Access],
+    request: Request[Any, Any, Any],
     namespace: Annotated[
         str | None, Parameter(description="One namespace; absent: all of them.")
     ] = None,
     window: Annotated[Window, Parameter(description="How far back the charts go.")] = "24h",
 ) -> Response[Dashboard]:
     """The dashboard's numbers, from the ledger's rollups."""
-    access.check_all()
+    access_of(request).check_all()
     return Response(build(cache, namespace or None, window), headers={"cache-control": "no-store"})
 
 

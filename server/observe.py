@@ -10,9 +10,9 @@ similarity, the tokens) with `note`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any, cast
 
 from litestar import Request
@@ -63,7 +63,7 @@ class RequestObserver:
             return
         started = time.perf_counter()
         given = _header(scope, b"x-request-id")
-        request_id = given if given and _SANE_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if given and _SANE_ID.fullmatch(given) else os.urandom(16).hex()
         fields: dict[str, Any] = {"request_id": request_id}
         raw[_SCOPE_KEY] = fields
         status = 500  # if the app fails before it answers, that is what the client sees

@@ -23,8 +23,7 @@ from cache.ledger import UsageReport
 from cache.warm import probe, warm_ask
 from embeddings import BatchingEmbedder
 
-from .access import HEADER as KEY_HEADER
-from .access import Access, ClientKeys
+from .access import access_of
 from .observe import note
 from .problems import documented
 from .schemas import (
@@ -92,13 +91,7 @@ def provide_settings(state: State) -> Settings:
     return settings
 
 
-def provide_access(request: Request[Any, Any, State]) -> Access:
-    keys: ClientKeys = request.app.state.client_keys
-    return Access(keys, request.headers.get(KEY_HEADER))
-
-
 DEPENDENCIES = {
-    "access": Provide(provide_access, sync_to_thread=False),
     "cache": Provide(provide_cache, sync_to_thread=False),
     "answerer": Provide(provide_answerer, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
@@ -126,11 +119,10 @@ class CacheController(Controller):
         self,
         data: JSONBody[LookupRequest],
         cache: NamedDependency[SemanticCache],
-        access: NamedDependency[Access],
         request: Request[Any, Any, Any],
     ) -> LookupHit | LookupMiss:
         """Find a stored answer for a question: exact match first, then semantic."""
-        access.check(data.namespace)
+        access_of(request).check(data.namespace)
         if is_warm(request.headers):  # decided by the same rule, counted nowhere (cache/warm.py)
             result: LookupResult | None = await anyio.to_thread.run_sync(
                 lambda: probe(
@@ -178,10 +170,10 @@ class CacheController(Controller):
         self,
         data: JSONBody[EntryRequest],
         cache: NamedDependency[SemanticCache],
-        access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> EntryCreated:
         """Store an answer (after your own Claude call on a miss) with its token usage."""
-        access.check(data.namespace)
+        access_of(request).check(data.namespace)
         usage = Usage(
             input_tokens=data.usage.input_tokens,
             output_tokens=data.usage.output_tokens,
@@ -216,13 +208,13 @@ class CacheController(Controller):
         self,
         data: JSONBody[FeedbackRequest],
         cache: NamedDependency[SemanticCache],
-        access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> FeedbackOut:
         """Report whether a hit was right. A wrong hit is never repeated for that question,
         tightens its entry, and counts in the measured false-hit rate of /v1/stats."""
         namespace = cache.hit_namespace(data.lookup_id)
         if namespace is not None:
-            access.check(namespace)
+            access_of(request).check(namespace)
         result = cache.feedback(data.lookup_id, data.correct)
         floor = result.min_similarity
         return FeedbackOut(
@@ -237,11 +229,11 @@ class CacheController(Controller):
         self,
         entry_id: EntryId,
         cache: NamedDependency[SemanticCache],
-        access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> EntryOut:
         """A servable entry (live, current catalog version) by id."""
         entry = cache.get(entry_id)
-        access.check(entry.namespace)
+        access_of(request).check(entry.namespace)
         return EntryOut.of(entry)
 
     @delete(
@@ -254,12 +246,12 @@ class CacheController(Controller):
         self,
         entry_id: EntryId,
         cache: NamedDependency[SemanticCache],
-        access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
     ) -> EntryOut:
         """Delete an entry; returns what was deleted."""
         found = cache.find(entry_id)
         if found is not None:
-            access.check(found.namespace)
+            access_of(request).check(found.namespace)
         return EntryOut.of(cache.delete(entry_id))
 
     @post("/ask", status_code=HTTP_200_OK, responses=documented(400, 401, 403, 413, 502, 503, 504))
@@ -267,11 +259,10 @@ class CacheController(Controller):
         self,
         data: JSONBody[AskRequest],
         answerer: NamedDependency[Answerer],
-        access: NamedDependency[Access],
         request: Request[Any, Any, Any],
     ) -> AskResponse:
         """Answer from the cache, else from the cheapest tier that serves; store the answer."""
-        access.check(data.namespace)
+        access_of(request).check(data.namespace)
         ask = partial(warm_ask, answerer) if is_warm(request.headers) else answerer.ask
         result = await ask(
             data.question,
@@ -317,7 +308,7 @@ class CacheController(Controller):
     @get("/usage", sync_to_thread=True, responses=documented(400, 401, 403, 503))
     def usage(
         self,
-        access: NamedDependency[Access],
+        request: Request[Any, Any, Any],
         cache: NamedDependency[SemanticCache],
         since: Annotated[
             datetime | None, Parameter(description="Start of the window (ISO 8601).")
@@ -327,7 +318,7 @@ class CacheController(Controller):
         ] = None,
     ) -> UsageReport:
         """Upstream calls, hits, tokens, spend and savings per endpoint, per model, in total."""
-        access.check_all()
+        access_of(request).check_all()
         return cache.ledger.report(
             since=None if since is None else _timestamp(since),
             until=None if until is None else _timestamp(until),
@@ -335,10 +326,10 @@ class CacheController(Controller):
 
     @get("/stats", sync_to_thread=True, responses=documented(401, 403, 503))
     def stats(
-        self, cache: NamedDependency[SemanticCache], access: NamedDependency[Access]
+        self, cache: NamedDependency[SemanticCache], request: Request[Any, Any, Any]
     ) -> StatsOut:
         """Lookups, hits, misses, entries and savings, in total and per namespace."""
-        access.check_all()
+        access_of(request).check_all()
         total, rows = cache.stats()
         return StatsOut(**msgspec.structs.asdict(total), namespaces=rows)
 
