@@ -156,8 +156,8 @@ class Candidate(msgspec.Struct, kw_only=True):
     runner_up: float | None
     """Cosine similarity of the nearest phrasing of a different answer (None: none found)."""
     margin: float
-    """`nearest` - `runner_up`; without a runner-up, a lower bound (or 1: no other answer)."""
-
+    """`nearest` - `runner_up`; without a runner-up, 1 (no other answer stored) or 0.15 (none
+    among the 128 nearest phrasings)."""
     guard: str | None
     """Why a guard vetoes this match; None when no guard objects."""
 
@@ -580,7 +580,9 @@ class SemanticCache:
             neighbours = group.search(vector, now, wide)
             found = first_other(neighbours)
             if found is None and len(neighbours) >= wide:
-                return None, nearest - neighbours[-1][1], None  # at least down to the last
+                # 128 phrasings of one answer before any other: as clear as the rule asks,
+                # though all of them may sit within a hair of each other.
+                return None, MARGIN_PIVOT, None
         if found is None:
             return None, 1.0, None  # that was every live phrasing: no other answer to confuse
         return found[0], nearest - found[0], found[1]

@@ -438,6 +438,15 @@ def test_a_rival_beyond_the_neighbours_read_is_still_found(make_cache: MakeCache
     assert candidate.runner_up is not None  # found by the wider search
     assert candidate.margin == pytest.approx(candidate.nearest - candidate.runner_up)
 
+    many = [f"alpha beta gamma variant{i}" for i in range(140)]  # beyond the wider search too
+    cache.put_many(many, "crowded answer", model="claude-haiku-4-5", usage=USAGE, namespace="big")
+    put(cache, "omega psi chi phi", "other answer", namespace="big")
+    crowded = cache.explain("alpha beta gamma", namespace="big")
+    assert crowded is not None and crowded.runner_up is None
+    # no rival among 128 phrasings: no penalty and no refusal, however alike they all are
+    assert crowded.margin == pytest.approx(0.15)
+    assert cache.lookup("alpha beta gamma", namespace="big", threshold=0.5).hit
+
     for i in range(3):
         put(cache, f"alpha beta gamma variant{i}", "the only answer", namespace="lone")
     only = cache.explain("alpha beta gamma", namespace="lone")
