@@ -36,8 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Least margin of the nearest phrasing over the nearest phrasing of another answer, for
     every match."""
     margin_weight: float = 2.0
-    """Where answers have several phrasings, how much that margin moves the score: each 0.01
-    below 0.15 costs this x 0.01, each 0.01 above earns as much (up to 0.05 of margin)."""
+    """Where answers have several phrasings, how much that margin lowers the score: each 0.01
+    below 0.15 costs this x 0.01 (a larger margin earns nothing); 0 ignores it."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None
