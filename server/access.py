@@ -65,7 +65,7 @@ class Access:
 
 def access_of(request: Request[Any, Any, Any]) -> Access:
     """What the caller's client key allows. A plain call, not a dependency: a handler with two
-    dependencies makes Litestar resolve them in a task group, which took 15% of the server's
-    time on exact hits in a py-spy profile."""
+    dependencies makes Litestar resolve them in a task group, which took 13% of the event loop's
+    samples on exact hits (benchmarks/results/profile-exact-hit.txt)."""
     keys: ClientKeys = request.app.state.client_keys
     return Access(keys, request.headers.get(HEADER))
