@@ -83,18 +83,20 @@ HEADER = (
 )
 
 
-def server_default_embedder(graph_dir: Path) -> Embedder:
-    """The embedder `semcache serve` loads with default settings (server/app.py,
+def server_default_embedder(graph_dir: Path, overrides: dict[str, str]) -> Embedder:
+    """The embedder `semcache serve` loads with these settings (server/app.py,
     open_resources), so the bare timing is of the model the server really runs."""
-    settings = Settings()
+    settings = Settings.load(environ=overrides) if hasattr(Settings, "load") else Settings()
     factory = getattr(embeddings, "load_embedder", None)
     if factory is None:  # a checkout from before the backend choice: torch only
         return SentenceTransformerEmbedder(settings.model_path)
+    spin = {"spin": settings.embed_spin} if hasattr(settings, "embed_spin") else {}
     embedder: Embedder = factory(
         settings.model_path,
         backend=getattr(settings, "embedder_backend", "torch"),
         graph_dir=graph_dir,
         threads=getattr(settings, "embed_threads", 0),
+        **spin,
     )
     return embedder
 
@@ -299,7 +301,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="semcache-bench-http-") as tmp:
         # The server keeps exported graphs in <data_dir>/models: exporting here first means
         # the server reuses the file instead of exporting it again.
-        embedder = server_default_embedder(Path(tmp) / "data" / "models")
+        settings = dict(item.split("=", 1) for item in args.set)
+        embedder = server_default_embedder(Path(tmp) / "data" / "models", settings)
         bare_kind = f"{embedder.name} via {type(embedder).__name__}"
         bare_p50: float | None = None
 
@@ -309,7 +312,6 @@ def main() -> None:
             files[case].write_text(
                 json.dumps([{"question": t, "namespace": NAMESPACE} for t in texts])
             )
-        settings = dict(item.split("=", 1) for item in args.set)
         server = Server(Path(tmp) / "data", free_port(), args.log_level, settings)
         results: dict[tuple[str, int], dict[str, Any]] = {}
         lines: list[str] = []

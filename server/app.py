@@ -88,6 +88,7 @@ def create_app(
                     backend=settings.embedder_backend,
                     graph_dir=settings.graph_dir or Path(settings.data_dir) / "models",
                     threads=settings.embed_threads,
+                    spin=settings.embed_spin,
                 )
             )
         # Lookups run in worker threads: concurrent ones share model calls, and give up

@@ -97,6 +97,7 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
                 backend=settings.embedder_backend,
                 graph_dir=settings.graph_dir,
                 threads=settings.embed_threads,
+                spin=settings.embed_spin,
             ),
             target_precision=target,
             config=CacheConfig(

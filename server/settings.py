@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Folder of the exported ONNX graph; unset: `<data_dir>/models`. Servers may share one."""
     embed_threads: int = 0
     """Threads of one embedding call under ONNX Runtime; 0 means one per CPU."""
+    embed_spin: bool = True
+    """Let those threads spin, not sleep, within a call: a lone lookup about 1 ms faster,
+    3-6% less throughput at saturation. Turn off on a host whose cores others need."""
     embed_deadline_s: float = 5.0
     """How long a lookup waits on a model call that does not answer before it fails open to
     a miss (bulk writes get this per 64 texts). While a call is that late, /readyz is 503."""

@@ -112,6 +112,22 @@ def test_backend_choice_is_validated(graph_dir: Path) -> None:
     assert Settings.load(environ={}).embedder_backend == "onnx"
 
 
+def test_spinning_is_a_setting_and_changes_no_vector(
+    graph_dir: Path, onnx_embedder: OnnxEmbedder
+) -> None:
+    assert Settings.load(environ={}).embed_spin is True
+    assert Settings.load(environ={"SEMCACHE_EMBED_SPIN": "false"}).embed_spin is False
+    with pytest.raises(InvalidInput, match="embed_spin"):
+        Settings.load(environ={"SEMCACHE_EMBED_SPIN": "sometimes"})
+    sleeping = load_embedder(backend="onnx", graph_dir=graph_dir, spin=False)
+    assert isinstance(sleeping, OnnxEmbedder)
+    for embedder, spins in ((onnx_embedder, "1"), (sleeping, "0")):
+        options = embedder._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == spins
+    assert np.allclose(sleeping.embed(TEXTS[:8]), onnx_embedder.embed(TEXTS[:8]), atol=1e-5)
+    assert np.allclose(sleeping.embed(TEXTS[:1]), onnx_embedder.embed(TEXTS[:1]), atol=1e-5)
+
+
 def test_the_int8_backend_is_close_and_named_apart(
     graph_dir: Path, real_embedder: SentenceTransformerEmbedder, onnx_embedder: OnnxEmbedder
 ) -> None:
