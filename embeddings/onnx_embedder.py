@@ -43,6 +43,12 @@ _PROBES = [
 ]
 
 
+def _word_pieces(hidden: np.ndarray[Any, Any]) -> Matrix:
+    """Unit vectors of one text's tokens, less [CLS] and [SEP] (all of them if that is all)."""
+    inner = hidden[1:-1] if len(hidden) > 2 else hidden
+    return l2_normalise(inner)
+
+
 class ExportError(RuntimeError):
     """The model could not be exported, or its export does not reproduce torch's vectors."""
 
@@ -260,7 +266,21 @@ class OnnxEmbedder:
             return np.zeros((0, self._dim), dtype=np.float32)
         return self._run(self._session, self._inputs, texts)
 
-    def _run(self, session: Any, inputs: list[str], texts: Sequence[str]) -> Matrix:
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        """The vectors of `embed`, and per text the unit vectors of its word pieces in context
+        (the model's last layer, without [CLS] and [SEP]), from the same model call."""
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32), []
+        tokens: list[Matrix] = [np.zeros((0, self._dim), dtype=np.float32)] * len(texts)
+        return self._run(self._session, self._inputs, texts, tokens), tokens
+
+    def _run(
+        self,
+        session: Any,
+        inputs: list[str],
+        texts: Sequence[str],
+        tokens: list[Matrix] | None = None,
+    ) -> Matrix:
         batch = [text.lower() for text in texts] if self._spec.lowercase else list(texts)
         encodings = self._tokenizer.encode_batch(batch)
         # Texts of similar length share a batch, so little compute goes to padding.
@@ -280,6 +300,9 @@ class OnnxEmbedder:
             feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
             hidden = session.run(None, {name: feed[name] for name in inputs})[0]
             pooled = self._pool(hidden, mask)
+            if tokens is not None:
+                for row, i in enumerate(chunk):
+                    tokens[i] = _word_pieces(hidden[row, : len(encodings[i].ids)])
             if out.shape[1] == 0:
                 out = np.empty((len(encodings), pooled.shape[1]), dtype=np.float32)
             out[chunk] = pooled

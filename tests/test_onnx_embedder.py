@@ -58,6 +58,22 @@ def test_a_batch_gives_the_vectors_of_single_calls(onnx_embedder: OnnxEmbedder) 
     assert np.allclose(batch, singles, atol=1e-5)
 
 
+def test_word_pieces_come_from_the_same_call(onnx_embedder: OnnxEmbedder) -> None:
+    texts = ["why was my card declined", "ok", "declined transfer to my landlord", ""]
+    vectors, tokens = onnx_embedder.embed_with_tokens(texts)
+    assert np.allclose(vectors, onnx_embedder.embed(texts), atol=1e-6)
+    # one unit vector per word piece, [CLS] and [SEP] left out ("" keeps both: nothing else)
+    assert [len(t) for t in tokens] == [5, 1, 5, 2]
+    assert all(t.dtype == np.float32 and t.shape[1] == 384 for t in tokens)
+    assert np.allclose(np.linalg.norm(np.vstack(tokens), axis=1), 1.0, atol=1e-5)
+    # in context: "declined" is not the same vector in both questions, but close
+    card, transfer = tokens[0][4], tokens[2][0]
+    assert 0.5 < float(card @ transfer) < 0.99
+    alone = onnx_embedder.embed_with_tokens(texts[:1])[1][0]
+    assert np.allclose(alone, tokens[0], atol=1e-5)  # batching does not change them
+    assert onnx_embedder.embed_with_tokens([])[1] == []
+
+
 def test_the_export_is_reused_and_a_damaged_one_is_redone(
     onnx_embedder: OnnxEmbedder, tmp_path: Path
 ) -> None:
