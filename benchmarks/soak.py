@@ -976,9 +976,10 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def recent_hit_bytes(texts: list[str], count: int = 20_000) -> float:
+def recent_hit_bytes(texts: list[str], count: int = 100_000) -> float:
     """Bytes one remembered hit takes in the server (SemanticCache._recent, kept for
-    /v1/feedback, at most RECENT_HITS): built here with this run's questions."""
+    /v1/feedback, at most RECENT_HITS): built here with this run's questions, as many as the
+    full table holds (a larger dict costs more per key)."""
     import tracemalloc
     import uuid
     from collections import OrderedDict
@@ -996,6 +997,7 @@ def recent_hit_bytes(texts: list[str], count: int = 20_000) -> float:
             entry_id=f"{random.getrandbits(64):016x}",
             similarity=random.random(),
             match="exact",
+            matched=random.random(),  # a float of its own per hit, as in a lookup
         )
     size, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
