@@ -30,6 +30,16 @@ class Embedder(Protocol):
         ...
 
 
+@runtime_checkable
+class TokenEmbedder(Embedder, Protocol):
+    """An embedder that can also return, from the same model call, the unit vector of each
+    word piece of each text in context (the model's last layer, special tokens left out)."""
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        """The vectors of `embed`, and per text a (pieces, dim) matrix of unit rows."""
+        ...
+
+
 def l2_normalise(matrix: npt.NDArray[np.floating]) -> Matrix:
     """Return `matrix` as float32 rows of unit length (zero rows stay zero)."""
     out = np.asarray(matrix, dtype=np.float32)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .base import Embedder, Matrix
+from .base import Embedder, Matrix, TokenEmbedder
 
 
 class EmbeddingTimeout(RuntimeError):
@@ -26,12 +26,14 @@ class EmbeddingTimeout(RuntimeError):
 
 
 class _Job:
-    __slots__ = ("done", "error", "result", "texts")
+    __slots__ = ("done", "error", "result", "texts", "tokens", "wants_tokens")
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], wants_tokens: bool = False) -> None:
         self.texts = texts
+        self.wants_tokens = wants_tokens
         self.done = False
         self.result: Matrix | None = None
+        self.tokens: list[Matrix] | None = None
         self.error: BaseException | None = None
 
 
@@ -97,10 +99,30 @@ class BatchingEmbedder:
         left = self._running_since + self._running_budget - self._now()
         return max(left, 0.0) + 0.001
 
+    @property
+    def has_tokens(self) -> bool:
+        """Whether `embed_with_tokens` can return word pieces (the wrapped model can)."""
+        return isinstance(self._inner, TokenEmbedder)
+
     def embed(self, texts: Sequence[str]) -> Matrix:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        job = _Job(list(texts))
+        result = self._wait(_Job(list(texts))).result
+        assert result is not None
+        return result
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        """`embed`, with each text's word pieces (`TokenEmbedder`), sharing model calls with
+        concurrent `embed` calls. Raises TypeError when the wrapped model has none."""
+        if not self.has_tokens:
+            raise TypeError(f"{type(self._inner).__name__} gives no word-piece vectors")
+        job = self._wait(_Job(list(texts), wants_tokens=True))
+        assert job.result is not None and job.tokens is not None
+        return job.result, job.tokens
+
+    def _wait(self, job: _Job) -> _Job:
+        if not job.texts:
+            job.result = np.zeros((0, self.dim), dtype=np.float32)
+            job.tokens = []
+            return job
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedder is closed")
@@ -127,7 +149,7 @@ class BatchingEmbedder:
         if job.error is not None:
             raise job.error
         assert job.result is not None
-        return job.result
+        return job
 
     def close(self) -> None:
         """Stop the worker thread once the queue is empty (it is a daemon either way)."""
@@ -155,16 +177,27 @@ class BatchingEmbedder:
                     self._running_budget = self._deadline_s * max(1.0, size / self._max_batch)
                 self._running_since = self._now()
             texts = [text for job in batch for text in job.texts]
+            tokens: list[Matrix] | None = None
             try:
-                vectors = self._inner.embed(texts)
+                # Word pieces come out of the same model call; one caller wanting them is
+                # enough to ask for them for the whole batch.
+                if any(job.wants_tokens for job in batch) and isinstance(
+                    self._inner, TokenEmbedder
+                ):
+                    vectors, tokens = self._inner.embed_with_tokens(texts)
+                else:
+                    vectors = self._inner.embed(texts)
             except BaseException as exc:  # every caller of the batch sees the failure
                 for job in batch:
                     job.error = exc
             else:
                 start = 0
                 for job in batch:
-                    job.result = vectors[start : start + len(job.texts)]
-                    start += len(job.texts)
+                    end = start + len(job.texts)
+                    job.result = vectors[start:end]
+                    if tokens is not None:
+                        job.tokens = tokens[start:end]
+                    start = end
             with self._cond:
                 self._running_since = None
                 self.calls += 1

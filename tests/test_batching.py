@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cache import SemanticCache, Usage
-from embeddings import BatchingEmbedder, Matrix
+from embeddings import BatchingEmbedder, Matrix, TokenEmbedder
 from tests.fakes import HashingEmbedder
 
 
@@ -88,3 +88,55 @@ def test_concurrent_semantic_lookups_share_embedding_calls(tmp_path: Path) -> No
         assert cache.stats()[0].lookups == 12
     finally:
         cache.close()
+
+
+class SlowTokenEmbedder(SlowEmbedder):
+    """Also gives word pieces: here one unit vector per word, the word's own embedding."""
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        super().__init__(seconds)
+        self.token_calls = 0
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        self.token_calls += 1
+        vectors = self.embed(texts)
+        return vectors, [HashingEmbedder(self.dim).embed(t.split() or [""]) for t in texts]
+
+
+def test_word_pieces_ride_along_in_shared_model_calls() -> None:
+    inner = SlowTokenEmbedder()
+    batching = BatchingEmbedder(inner)
+    assert isinstance(inner, TokenEmbedder) and batching.has_tokens
+    plain: dict[int, Matrix] = {}
+    pieces: dict[int, tuple[Matrix, list[Matrix]]] = {}
+
+    def call(i: int) -> None:
+        if i % 2:
+            pieces[i] = batching.embed_with_tokens([f"word{i} shared", f"alone{i}"])
+        else:
+            plain[i] = batching.embed([f"question {i}"])
+
+    assert run_threads(16, call) == []
+    assert inner.calls < 16 and sum(inner.batch_sizes) == 8 + 16  # shared, every text once
+    assert 0 < inner.token_calls <= inner.calls
+    words = HashingEmbedder(inner.dim)
+    for i, (vectors, tokens) in pieces.items():
+        np.testing.assert_allclose(vectors, words.embed([f"word{i} shared", f"alone{i}"]))
+        assert [t.shape[0] for t in tokens] == [2, 1]  # each caller gets its own texts' pieces
+        np.testing.assert_allclose(tokens[0], words.embed([f"word{i}", "shared"]))
+        np.testing.assert_allclose(tokens[1], words.embed([f"alone{i}"]))
+    for i, vectors in plain.items():
+        np.testing.assert_allclose(vectors, words.embed([f"question {i}"]))
+    before = inner.token_calls
+    batching.embed(["plain alone"])
+    assert inner.token_calls == before  # a batch where nobody wants pieces does not ask
+    empty = batching.embed_with_tokens([])
+    assert empty[0].shape == (0, inner.dim) and empty[1] == []
+
+
+def test_asking_word_pieces_of_a_model_without_them_is_an_error() -> None:
+    batching = BatchingEmbedder(SlowEmbedder(seconds=0.0))
+    assert not batching.has_tokens
+    with pytest.raises(TypeError, match="no word-piece vectors"):
+        batching.embed_with_tokens(["anything"])
+    assert batching.embed(["anything"]).shape == (1, 64)  # plain calls are unaffected

@@ -14,6 +14,7 @@ from cache import InvalidInput
 from embeddings import (
     Embedder,
     SentenceTransformerEmbedder,
+    TokenEmbedder,
     default_model_path,
     load_embedder,
 )
@@ -60,6 +61,7 @@ def test_a_batch_gives_the_vectors_of_single_calls(onnx_embedder: OnnxEmbedder) 
 
 def test_word_pieces_come_from_the_same_call(onnx_embedder: OnnxEmbedder) -> None:
     texts = ["why was my card declined", "ok", "declined transfer to my landlord", ""]
+    assert isinstance(onnx_embedder, TokenEmbedder)
     vectors, tokens = onnx_embedder.embed_with_tokens(texts)
     assert np.allclose(vectors, onnx_embedder.embed(texts), atol=1e-6)
     # one unit vector per word piece, [CLS] and [SEP] left out ("" keeps both: nothing else)
