@@ -18,7 +18,7 @@ import faiss
 import msgspec
 import numpy as np
 
-from embeddings import Embedder, EmbeddingTimeout
+from embeddings import Embedder, EmbeddingTimeout, TokenEmbedder
 
 from . import guards
 from .entry import (
@@ -97,6 +97,13 @@ class CacheConfig:
     whatever the score."""
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much the margin moves the score (`score`)."""
+    cover_weight: float = 0.0
+    """Prototype: how much a served answer whose word pieces cover the question's less than
+    `COVER_PIVOT` lowers the score (0: off)."""
+    piece_weight: float = 0.0
+    """Where answers have several phrasings, how much a served answer whose word pieces agree
+    with the question less than `PIECE_PIVOT` better than its rival's lowers the score; 0:
+    off. Needs an embedder that gives word pieces (`TokenEmbedder`)."""
     guards: bool = True
     """Veto matches whose numbers, dates, actions or negation differ from the query's."""
     turn_threshold: float = 0.7
@@ -118,6 +125,31 @@ namespace (benchmarks/results)."""
 SCORE_CEILING = 0.999
 """The offset never lifts a score above this: a threshold of 1 still means "the same
 question" (or one that embeds identically)."""
+
+
+PIECE_PIVOT = float(os.environ.get("SEMCACHE_PROTO_PIECE_PIVOT", "0.2"))  # prototype knob
+"""Word-piece agreement gap below which `piece_weight` lowers the score (study:
+benchmarks/results/study_token_margin.txt)."""
+COVER_PIVOT = 0.75
+BAGS_KEPT = 4096
+
+
+def quantise_pieces(
+    pieces: np.ndarray[Any, Any],
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """int8 rows and their scales: word-piece agreement is unchanged at this precision."""
+    scale = np.maximum(np.abs(pieces).max(axis=1, keepdims=True), 1e-12) / 127.0
+    return np.round(pieces / scale).astype(np.int8), scale.astype(np.float32)
+
+
+def agreement(query: np.ndarray[Any, Any], bag: np.ndarray[Any, Any]) -> float:
+    """Mean over the query's word pieces of the best cosine to any piece of `bag`."""
+    return float((query @ bag.T).max(axis=1).mean())
+
+
+def gives_pieces(embedder: Embedder) -> bool:
+    has = getattr(embedder, "has_tokens", None)
+    return bool(has) if has is not None else isinstance(embedder, TokenEmbedder)
 
 
 def score(similarity: float, margin: float, weight: float, offset: float) -> float:
@@ -160,6 +192,9 @@ class Candidate(msgspec.Struct, kw_only=True):
     among the 128 nearest phrasings)."""
     guard: str | None
     """Why a guard vetoes this match; None when no guard objects."""
+    piece_gap: float | None = None
+    """Word-piece agreement of the question with this answer's phrasings less that with the
+    rival answer's (None: not measured)."""
 
     @property
     def matched(self) -> float:
@@ -280,6 +315,10 @@ class SemanticCache:
         self.counters = Counters(self._store.load_stats())
         self._negatives = self._store.negatives()
         self._recent: OrderedDict[str, RecentHit] = OrderedDict()
+        # Prototype (branch token-rule): word pieces of stored phrasings, in memory only.
+        self._pieces: dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any] | None] = OrderedDict()
+        self._last_cover = 1.0  # prototype only: not thread-safe
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
         self.indexes_rebuilt = 0
@@ -506,7 +545,12 @@ class SemanticCache:
                 )  # fmt: skip
         if not search:
             raise _NeedsSearch
-        vector = self._embedder.embed([text])[0]
+        query_pieces = None
+        if self._piece_rule():
+            vectors, pieces = self._embedder.embed_with_tokens([text])  # type: ignore[attr-defined]
+            vector, query_pieces = vectors[0], pieces[0]
+        else:
+            vector = self._embedder.embed([text])[0]
         neighbours = group.search(vector, now, self.config.neighbours)
         if not neighbours:
             return None
@@ -527,9 +571,17 @@ class SemanticCache:
         # and scoring it down would keep such a namespace missing as it fills (BANKING77
         # stream, S2). The hard minimum (`margin`) still applies everywhere.
         best_aliased = best_answer is not None and group.phrasings(best_answer) > 1
+        piece_gap = None
         if best_aliased or (rival is not None and group.phrasings(rival) > 1):
             offset = ALIAS_OFFSET if best_aliased else 0.0
             similarity = score(matched, margin, self.config.margin_weight, offset)
+            if query_pieces is not None and best_answer is not None and rival is not None:
+                piece_gap = self._piece_gap(group, query_pieces, best_answer, rival)
+                if piece_gap is not None:
+                    shortfall = max(0.0, PIECE_PIVOT - piece_gap)
+                    similarity -= self.config.piece_weight * shortfall
+                    cover = max(0.0, COVER_PIVOT - self._last_cover)
+                    similarity -= self.config.cover_weight * cover
         else:
             similarity = matched
         entry = self._store.get_entry(best_id)
@@ -549,7 +601,36 @@ class SemanticCache:
             runner_up=runner_up,
             margin=margin,
             guard=guard,
+            piece_gap=piece_gap,
         )
+
+    def _piece_rule(self) -> bool:
+        return self.config.piece_weight > 0 and gives_pieces(self._embedder)
+
+    def _bag(self, group: GroupIndex, answer: int) -> np.ndarray[Any, Any] | None:
+        """The word pieces of every phrasing of `answer`, None when one has none stored."""
+        members = tuple(sorted(group.members(answer)))
+        if members in self._bags:
+            self._bags.move_to_end(members)
+            return self._bags[members]
+        parts = [self._pieces.get(i) for i in members]
+        bag = None
+        if parts and all(p is not None for p in parts):
+            bag = np.vstack([q.astype(np.float32) * s for q, s in parts])  # type: ignore[misc]
+        self._bags[members] = bag
+        if len(self._bags) > BAGS_KEPT:
+            self._bags.popitem(last=False)
+        return bag
+
+    def _piece_gap(
+        self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rival: int
+    ) -> float | None:
+        ours, theirs = self._bag(group, best), self._bag(group, rival)
+        if ours is None or theirs is None or len(query) == 0:
+            return None
+        own = agreement(query, ours)
+        self._last_cover = own
+        return own - agreement(query, theirs)
 
     def _runner_up(
         self,
@@ -934,13 +1015,24 @@ class SemanticCache:
             return []
         texts = [key_text(normalized, context) for _, _, normalized, context, _ in checked]
         namespaces = {namespace for _, namespace, _, _, _ in checked}
+        pieces: list[np.ndarray[Any, Any]] | None = None
         try:
-            vectors = np.vstack(
-                [
-                    self._embedder.embed(texts[start : start + _REEMBED_BATCH])
-                    for start in range(0, len(texts), _REEMBED_BATCH)
-                ]
-            )
+            if self._piece_rule():
+                chunks, pieces = [], []
+                for start in range(0, len(texts), _REEMBED_BATCH):
+                    v, p = self._embedder.embed_with_tokens(  # type: ignore[attr-defined]
+                        texts[start : start + _REEMBED_BATCH]
+                    )
+                    chunks.append(v)
+                    pieces.extend(p)
+                vectors = np.vstack(chunks)
+            else:
+                vectors = np.vstack(
+                    [
+                        self._embedder.embed(texts[start : start + _REEMBED_BATCH])
+                        for start in range(0, len(texts), _REEMBED_BATCH)
+                    ]
+                )
         except Exception as exc:
             for namespace in namespaces:
                 self.counters.add(namespace, "write_errors")
@@ -996,6 +1088,9 @@ class SemanticCache:
                     [rows[row][0].expires_at for row in last],
                     [answer_key(rows[row][0].answer) for row in last],
                 )
+            if pieces is not None:
+                for (_, int_id, _), own in zip(rows, pieces, strict=True):
+                    self._pieces[int_id] = quantise_pieces(own)
             with self._hits_lock:
                 for _, int_id, _ in rows:
                     self._hits_pending.pop(int_id, None)

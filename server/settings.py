@@ -38,6 +38,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much that margin lowers the score: each 0.01
     below 0.15 costs this x 0.01 (a larger margin earns nothing); 0 ignores it."""
+    cover_weight: float = 0.0
+    """Prototype: see CacheConfig.cover_weight."""
+    piece_weight: float = 0.0
+    """Where answers have several phrasings, how much a served answer whose word pieces agree
+    with the question no better than its rival's lowers the score; 0: off (prototype)."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None
