@@ -315,10 +315,9 @@ class SemanticCache:
         self.counters = Counters(self._store.load_stats())
         self._negatives = self._store.negatives()
         self._recent: OrderedDict[str, RecentHit] = OrderedDict()
-        # Prototype (branch token-rule): word pieces of stored phrasings, in memory only.
-        self._pieces: dict[int, tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]] = {}
+        # Word pieces of stored phrasings are read from the store per answer, kept in an LRU.
         self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any] | None] = OrderedDict()
-        self._last_cover = 1.0  # prototype only: not thread-safe
+        self._bags_lock = threading.Lock()
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
         self.indexes_rebuilt = 0
@@ -576,11 +575,12 @@ class SemanticCache:
             offset = ALIAS_OFFSET if best_aliased else 0.0
             similarity = score(matched, margin, self.config.margin_weight, offset)
             if query_pieces is not None and best_answer is not None and rival is not None:
-                piece_gap = self._piece_gap(group, query_pieces, best_answer, rival)
-                if piece_gap is not None:
+                measured = self._piece_gap(group, query_pieces, best_answer, rival)
+                if measured is not None:
+                    piece_gap, own_agreement = measured
                     shortfall = max(0.0, PIECE_PIVOT - piece_gap)
                     similarity -= self.config.piece_weight * shortfall
-                    cover = max(0.0, COVER_PIVOT - self._last_cover)
+                    cover = max(0.0, COVER_PIVOT - own_agreement)
                     similarity -= self.config.cover_weight * cover
         else:
             similarity = matched
@@ -610,27 +610,31 @@ class SemanticCache:
     def _bag(self, group: GroupIndex, answer: int) -> np.ndarray[Any, Any] | None:
         """The word pieces of every phrasing of `answer`, None when one has none stored."""
         members = tuple(sorted(group.members(answer)))
-        if members in self._bags:
-            self._bags.move_to_end(members)
-            return self._bags[members]
-        parts = [self._pieces.get(i) for i in members]
+        with self._bags_lock:
+            if members in self._bags:
+                self._bags.move_to_end(members)
+                return self._bags[members]
+        parts = [self._store.get_pieces(i) for i in members]
         bag = None
         if parts and all(p is not None for p in parts):
             bag = np.vstack([q.astype(np.float32) * s for q, s in parts])  # type: ignore[misc]
-        self._bags[members] = bag
-        if len(self._bags) > BAGS_KEPT:
-            self._bags.popitem(last=False)
+        if bag is not None:  # a phrasing without pieces may get them when rewritten
+            with self._bags_lock:
+                self._bags[members] = bag
+                if len(self._bags) > BAGS_KEPT:
+                    self._bags.popitem(last=False)
         return bag
 
     def _piece_gap(
         self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rival: int
-    ) -> float | None:
+    ) -> tuple[float, float] | None:
+        """The agreement gap between the served answer and its rival, and the served
+        answer's own agreement; None when a phrasing of either has no word pieces stored."""
         ours, theirs = self._bag(group, best), self._bag(group, rival)
         if ours is None or theirs is None or len(query) == 0:
             return None
         own = agreement(query, ours)
-        self._last_cover = own
-        return own - agreement(query, theirs)
+        return own - agreement(query, theirs), own
 
     def _runner_up(
         self,
@@ -1065,7 +1069,10 @@ class SemanticCache:
                 rows.append((entry, int_id, key))
             try:
                 stored = zip(rows, vectors, strict=True)
-                self._store.put_entries([(entry, int_id, v) for (entry, int_id, _), v in stored])
+                self._store.put_entries(
+                    [(entry, int_id, v) for (entry, int_id, _), v in stored],
+                    None if pieces is None else [quantise_pieces(p) for p in pieces],
+                )
             except Exception as exc:
                 for namespace in namespaces:
                     self.counters.add(namespace, "write_errors")
@@ -1088,9 +1095,6 @@ class SemanticCache:
                     [rows[row][0].expires_at for row in last],
                     [answer_key(rows[row][0].answer) for row in last],
                 )
-            if pieces is not None:
-                for (_, int_id, _), own in zip(rows, pieces, strict=True):
-                    self._pieces[int_id] = quantise_pieces(own)
             with self._hits_lock:
                 for _, int_id, _ in rows:
                     self._hits_pending.pop(int_id, None)
