@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import faiss
 import msgspec
@@ -97,13 +97,10 @@ class CacheConfig:
     whatever the score."""
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much the margin moves the score (`score`)."""
-    cover_weight: float = 0.0
-    """Prototype: how much a served answer whose word pieces cover the question's less than
-    `COVER_PIVOT` lowers the score (0: off)."""
     piece_weight: float = 0.0
-    """Where answers have several phrasings, how much a served answer whose word pieces agree
-    with the question less than `PIECE_PIVOT` better than its rival's lowers the score; 0:
-    off. Needs an embedder that gives word pieces (`TokenEmbedder`)."""
+    """Where answers have several phrasings, how much the word-piece gap lowers the score:
+    each 0.01 of gap below `PIECE_PIVOT` costs this x 0.01; 0 (the default) turns the rule
+    off and stores no word pieces. Needs an embedder that gives them (`TokenEmbedder`)."""
     guards: bool = True
     """Veto matches whose numbers, dates, actions or negation differ from the query's."""
     turn_threshold: float = 0.7
@@ -127,11 +124,12 @@ SCORE_CEILING = 0.999
 question" (or one that embeds identically)."""
 
 
-PIECE_PIVOT = float(os.environ.get("SEMCACHE_PROTO_PIECE_PIVOT", "0.2"))  # prototype knob
-"""Word-piece agreement gap below which `piece_weight` lowers the score (study:
-benchmarks/results/study_token_margin.txt)."""
-COVER_PIVOT = 0.75
+PIECE_PIVOT = 0.2
+"""Where the word-piece rule is on, a served answer whose phrasings agree with the question's
+word pieces at least this much better than its rival's are is scored as before; each 0.01
+short of it costs `piece_weight` x 0.01 (benchmarks/results/piece-rule/)."""
 BAGS_KEPT = 4096
+"""Answers whose word pieces are kept in memory (least recently used go first)."""
 
 
 def quantise_pieces(
@@ -147,9 +145,11 @@ def agreement(query: np.ndarray[Any, Any], bag: np.ndarray[Any, Any]) -> float:
     return float((query @ bag.T).max(axis=1).mean())
 
 
-def gives_pieces(embedder: Embedder) -> bool:
+def piece_embedder(embedder: Embedder) -> TokenEmbedder | None:
+    """`embedder` if it gives word pieces (a wrapper says so by `has_tokens`), else None."""
     has = getattr(embedder, "has_tokens", None)
-    return bool(has) if has is not None else isinstance(embedder, TokenEmbedder)
+    gives = bool(has) if has is not None else isinstance(embedder, TokenEmbedder)
+    return cast(TokenEmbedder, embedder) if gives else None
 
 
 def score(similarity: float, margin: float, weight: float, offset: float) -> float:
@@ -316,7 +316,7 @@ class SemanticCache:
         self._negatives = self._store.negatives()
         self._recent: OrderedDict[str, RecentHit] = OrderedDict()
         # Word pieces of stored phrasings are read from the store per answer, kept in an LRU.
-        self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any] | None] = OrderedDict()
+        self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any]] = OrderedDict()
         self._bags_lock = threading.Lock()
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
@@ -545,8 +545,9 @@ class SemanticCache:
         if not search:
             raise _NeedsSearch
         query_pieces = None
-        if self._piece_rule():
-            vectors, pieces = self._embedder.embed_with_tokens([text])  # type: ignore[attr-defined]
+        pieced = self._piece_embedder()
+        if pieced is not None:
+            vectors, pieces = pieced.embed_with_tokens([text])
             vector, query_pieces = vectors[0], pieces[0]
         else:
             vector = self._embedder.embed([text])[0]
@@ -575,13 +576,9 @@ class SemanticCache:
             offset = ALIAS_OFFSET if best_aliased else 0.0
             similarity = score(matched, margin, self.config.margin_weight, offset)
             if query_pieces is not None and best_answer is not None and rival is not None:
-                measured = self._piece_gap(group, query_pieces, best_answer, rival)
-                if measured is not None:
-                    piece_gap, own_agreement = measured
-                    shortfall = max(0.0, PIECE_PIVOT - piece_gap)
-                    similarity -= self.config.piece_weight * shortfall
-                    cover = max(0.0, COVER_PIVOT - own_agreement)
-                    similarity -= self.config.cover_weight * cover
+                piece_gap = self._piece_gap(group, query_pieces, best_answer, rival)
+                if piece_gap is not None:
+                    similarity -= self.config.piece_weight * max(0.0, PIECE_PIVOT - piece_gap)
         else:
             similarity = matched
         entry = self._store.get_entry(best_id)
@@ -604,8 +601,9 @@ class SemanticCache:
             piece_gap=piece_gap,
         )
 
-    def _piece_rule(self) -> bool:
-        return self.config.piece_weight > 0 and gives_pieces(self._embedder)
+    def _piece_embedder(self) -> TokenEmbedder | None:
+        """The embedder to ask for word pieces, None while the word-piece rule is off."""
+        return piece_embedder(self._embedder) if self.config.piece_weight > 0 else None
 
     def _bag(self, group: GroupIndex, answer: int) -> np.ndarray[Any, Any] | None:
         """The word pieces of every phrasing of `answer`, None when one has none stored."""
@@ -615,26 +613,26 @@ class SemanticCache:
                 self._bags.move_to_end(members)
                 return self._bags[members]
         parts = [self._store.get_pieces(i) for i in members]
-        bag = None
-        if parts and all(p is not None for p in parts):
-            bag = np.vstack([q.astype(np.float32) * s for q, s in parts])  # type: ignore[misc]
-        if bag is not None:  # a phrasing without pieces may get them when rewritten
-            with self._bags_lock:
-                self._bags[members] = bag
-                if len(self._bags) > BAGS_KEPT:
-                    self._bags.popitem(last=False)
+        found = [p for p in parts if p is not None]
+        if not found or len(found) < len(parts):
+            return None  # not kept: a phrasing without pieces gets them when rewritten
+        bag = np.vstack([rows.astype(np.float32) * scales for rows, scales in found])
+        with self._bags_lock:
+            self._bags[members] = bag
+            if len(self._bags) > BAGS_KEPT:
+                self._bags.popitem(last=False)
         return bag
 
     def _piece_gap(
         self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rival: int
-    ) -> tuple[float, float] | None:
-        """The agreement gap between the served answer and its rival, and the served
-        answer's own agreement; None when a phrasing of either has no word pieces stored."""
+    ) -> float | None:
+        """How much better the served answer's phrasings agree with the question's word pieces
+        than its rival's do; None when a phrasing of either has no word pieces stored (written
+        while the rule was off)."""
         ours, theirs = self._bag(group, best), self._bag(group, rival)
         if ours is None or theirs is None or len(query) == 0:
             return None
-        own = agreement(query, ours)
-        return own - agreement(query, theirs), own
+        return agreement(query, ours) - agreement(query, theirs)
 
     def _runner_up(
         self,
@@ -1020,13 +1018,12 @@ class SemanticCache:
         texts = [key_text(normalized, context) for _, _, normalized, context, _ in checked]
         namespaces = {namespace for _, namespace, _, _, _ in checked}
         pieces: list[np.ndarray[Any, Any]] | None = None
+        pieced = self._piece_embedder()
         try:
-            if self._piece_rule():
+            if pieced is not None:
                 chunks, pieces = [], []
                 for start in range(0, len(texts), _REEMBED_BATCH):
-                    v, p = self._embedder.embed_with_tokens(  # type: ignore[attr-defined]
-                        texts[start : start + _REEMBED_BATCH]
-                    )
+                    v, p = pieced.embed_with_tokens(texts[start : start + _REEMBED_BATCH])
                     chunks.append(v)
                     pieces.extend(p)
                 vectors = np.vstack(chunks)

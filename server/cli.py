@@ -104,7 +104,6 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
                 guards=settings.guards,
                 margin_weight=settings.margin_weight,
                 piece_weight=settings.piece_weight,
-                cover_weight=settings.cover_weight,
                 max_question_chars=10**6,
             ),
         )
@@ -198,7 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             margin=settings.margin,
             margin_weight=settings.margin_weight,
             piece_weight=settings.piece_weight,
-            cover_weight=settings.cover_weight,
             guards=settings.guards,
         )
         return run_eval(args, config=rule, model_path=settings.model_path)

@@ -1,4 +1,4 @@
-"""The word-piece rule (prototype): pieces stored with each phrasing, and the score moved by
+"""The word-piece rule (`piece_weight`): pieces stored with each phrasing, and the score moved by
 the agreement gap between the served answer and its rival."""
 
 from __future__ import annotations
@@ -104,4 +104,24 @@ def test_pieces_go_with_their_entry(tmp_path: Path) -> None:
     cache.purge()
     assert [i for i, _ in cache._store.iter_entries()] == []
     assert all(cache._store.get_pieces(i) is None for i in others)
+    cache.close()
+
+
+def test_the_weight_is_a_validated_setting() -> None:
+    from cache import InvalidInput
+    from server.settings import Settings
+
+    assert Settings.load(environ={}).piece_weight == 0.0  # off unless asked for
+    assert Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "1"}).piece_weight == 1.0
+    with pytest.raises(InvalidInput, match="piece_weight"):
+        Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "-1"})
+
+
+def test_a_model_without_word_pieces_keeps_the_rule_off(tmp_path: Path) -> None:
+    embedder = HashingEmbedder()
+    cache = open_cache(tmp_path, 1.0, embedder)
+    fill(cache)
+    found = cache.explain(QUERY, NS)
+    assert found is not None and found.piece_gap is None
+    assert all(cache._store.get_pieces(i) is None for i, _ in cache._store.iter_entries())
     cache.close()

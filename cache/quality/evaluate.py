@@ -144,7 +144,6 @@ class Context:
             margin=0.0,
             margin_weight=0.0,
             piece_weight=0.0,
-            cover_weight=0.0,
             turn_threshold=-1.0,
         )
 
