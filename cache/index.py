@@ -174,6 +174,11 @@ class GroupIndex:
     def answer_key(self, int_id: int) -> int | None:
         return self._answers.get(int_id)
 
+    def members(self, answer_key: int) -> list[int]:
+        """The ids of the stored phrasings (live or not yet purged) of this answer."""
+        members = self._members.get(answer_key)
+        return [] if members is None else [members] if isinstance(members, int) else list(members)
+
     def phrasings(self, answer_key: int) -> int:
         """How many stored phrasings (live or not yet purged) share this answer."""
         members = self._members.get(answer_key)

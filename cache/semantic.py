@@ -12,13 +12,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import faiss
 import msgspec
 import numpy as np
 
-from embeddings import Embedder, EmbeddingTimeout
+from embeddings import Embedder, EmbeddingTimeout, TokenEmbedder
 
 from . import guards
 from .entry import (
@@ -97,6 +97,10 @@ class CacheConfig:
     whatever the score."""
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much the margin moves the score (`score`)."""
+    piece_weight: float = 0.0
+    """Where answers have several phrasings, how much the word-piece gap lowers the score:
+    each 0.01 of gap below `PIECE_PIVOT` costs this x 0.01; 0 (the default) turns the rule
+    off and stores no word pieces. Needs an embedder that gives them (`TokenEmbedder`)."""
     guards: bool = True
     """Veto matches whose numbers, dates, actions or negation differ from the query's."""
     turn_threshold: float = 0.7
@@ -118,6 +122,34 @@ namespace (benchmarks/results)."""
 SCORE_CEILING = 0.999
 """The offset never lifts a score above this: a threshold of 1 still means "the same
 question" (or one that embeds identically)."""
+
+
+PIECE_PIVOT = 0.2
+"""Where the word-piece rule is on, a served answer whose phrasings agree with the question's
+word pieces at least this much better than its rival's are is scored as before; each 0.01
+short of it costs `piece_weight` x 0.01 (benchmarks/results/piece-rule/)."""
+BAGS_KEPT = 4096
+"""Answers whose word pieces are kept in memory (least recently used go first)."""
+
+
+def quantise_pieces(
+    pieces: np.ndarray[Any, Any],
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """int8 rows and their scales: word-piece agreement is unchanged at this precision."""
+    scale = np.maximum(np.abs(pieces).max(axis=1, keepdims=True), 1e-12) / 127.0
+    return np.round(pieces / scale).astype(np.int8), scale.astype(np.float32)
+
+
+def agreement(query: np.ndarray[Any, Any], bag: np.ndarray[Any, Any]) -> float:
+    """Mean over the query's word pieces of the best cosine to any piece of `bag`."""
+    return float((query @ bag.T).max(axis=1).mean())
+
+
+def piece_embedder(embedder: Embedder) -> TokenEmbedder | None:
+    """`embedder` if it gives word pieces (a wrapper says so by `has_tokens`), else None."""
+    has = getattr(embedder, "has_tokens", None)
+    gives = bool(has) if has is not None else isinstance(embedder, TokenEmbedder)
+    return cast(TokenEmbedder, embedder) if gives else None
 
 
 def score(similarity: float, margin: float, weight: float, offset: float) -> float:
@@ -160,6 +192,9 @@ class Candidate(msgspec.Struct, kw_only=True):
     among the 128 nearest phrasings)."""
     guard: str | None
     """Why a guard vetoes this match; None when no guard objects."""
+    piece_gap: float | None = None
+    """Word-piece agreement of the question with this answer's phrasings less that with the
+    rival answer's (None: not measured)."""
 
     @property
     def matched(self) -> float:
@@ -280,6 +315,9 @@ class SemanticCache:
         self.counters = Counters(self._store.load_stats())
         self._negatives = self._store.negatives()
         self._recent: OrderedDict[str, RecentHit] = OrderedDict()
+        # Word pieces of stored phrasings are read from the store per answer, kept in an LRU.
+        self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any]] = OrderedDict()
+        self._bags_lock = threading.Lock()
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
         self.indexes_rebuilt = 0
@@ -506,7 +544,13 @@ class SemanticCache:
                 )  # fmt: skip
         if not search:
             raise _NeedsSearch
-        vector = self._embedder.embed([text])[0]
+        query_pieces = None
+        pieced = self._piece_embedder()
+        if pieced is not None:
+            vectors, pieces = pieced.embed_with_tokens([text])
+            vector, query_pieces = vectors[0], pieces[0]
+        else:
+            vector = self._embedder.embed([text])[0]
         neighbours = group.search(vector, now, self.config.neighbours)
         if not neighbours:
             return None
@@ -527,9 +571,14 @@ class SemanticCache:
         # and scoring it down would keep such a namespace missing as it fills (BANKING77
         # stream, S2). The hard minimum (`margin`) still applies everywhere.
         best_aliased = best_answer is not None and group.phrasings(best_answer) > 1
+        piece_gap = None
         if best_aliased or (rival is not None and group.phrasings(rival) > 1):
             offset = ALIAS_OFFSET if best_aliased else 0.0
             similarity = score(matched, margin, self.config.margin_weight, offset)
+            if query_pieces is not None and best_answer is not None and rival is not None:
+                piece_gap = self._piece_gap(group, query_pieces, best_answer, rival)
+                if piece_gap is not None:
+                    similarity -= self.config.piece_weight * max(0.0, PIECE_PIVOT - piece_gap)
         else:
             similarity = matched
         entry = self._store.get_entry(best_id)
@@ -549,7 +598,41 @@ class SemanticCache:
             runner_up=runner_up,
             margin=margin,
             guard=guard,
+            piece_gap=piece_gap,
         )
+
+    def _piece_embedder(self) -> TokenEmbedder | None:
+        """The embedder to ask for word pieces, None while the word-piece rule is off."""
+        return piece_embedder(self._embedder) if self.config.piece_weight > 0 else None
+
+    def _bag(self, group: GroupIndex, answer: int) -> np.ndarray[Any, Any] | None:
+        """The word pieces of every phrasing of `answer`, None when one has none stored."""
+        members = tuple(sorted(group.members(answer)))
+        with self._bags_lock:
+            if members in self._bags:
+                self._bags.move_to_end(members)
+                return self._bags[members]
+        parts = [self._store.get_pieces(i) for i in members]
+        found = [p for p in parts if p is not None]
+        if not found or len(found) < len(parts):
+            return None  # not kept: a phrasing without pieces gets them when rewritten
+        bag = np.vstack([rows.astype(np.float32) * scales for rows, scales in found])
+        with self._bags_lock:
+            self._bags[members] = bag
+            if len(self._bags) > BAGS_KEPT:
+                self._bags.popitem(last=False)
+        return bag
+
+    def _piece_gap(
+        self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rival: int
+    ) -> float | None:
+        """How much better the served answer's phrasings agree with the question's word pieces
+        than its rival's do; None when a phrasing of either has no word pieces stored (written
+        while the rule was off)."""
+        ours, theirs = self._bag(group, best), self._bag(group, rival)
+        if ours is None or theirs is None or len(query) == 0:
+            return None
+        return agreement(query, ours) - agreement(query, theirs)
 
     def _runner_up(
         self,
@@ -934,13 +1017,23 @@ class SemanticCache:
             return []
         texts = [key_text(normalized, context) for _, _, normalized, context, _ in checked]
         namespaces = {namespace for _, namespace, _, _, _ in checked}
+        pieces: list[np.ndarray[Any, Any]] | None = None
+        pieced = self._piece_embedder()
         try:
-            vectors = np.vstack(
-                [
-                    self._embedder.embed(texts[start : start + _REEMBED_BATCH])
-                    for start in range(0, len(texts), _REEMBED_BATCH)
-                ]
-            )
+            if pieced is not None:
+                chunks, pieces = [], []
+                for start in range(0, len(texts), _REEMBED_BATCH):
+                    v, p = pieced.embed_with_tokens(texts[start : start + _REEMBED_BATCH])
+                    chunks.append(v)
+                    pieces.extend(p)
+                vectors = np.vstack(chunks)
+            else:
+                vectors = np.vstack(
+                    [
+                        self._embedder.embed(texts[start : start + _REEMBED_BATCH])
+                        for start in range(0, len(texts), _REEMBED_BATCH)
+                    ]
+                )
         except Exception as exc:
             for namespace in namespaces:
                 self.counters.add(namespace, "write_errors")
@@ -973,7 +1066,10 @@ class SemanticCache:
                 rows.append((entry, int_id, key))
             try:
                 stored = zip(rows, vectors, strict=True)
-                self._store.put_entries([(entry, int_id, v) for (entry, int_id, _), v in stored])
+                self._store.put_entries(
+                    [(entry, int_id, v) for (entry, int_id, _), v in stored],
+                    None if pieces is None else [quantise_pieces(p) for p in pieces],
+                )
             except Exception as exc:
                 for namespace in namespaces:
                     self.counters.add(namespace, "write_errors")

@@ -23,6 +23,9 @@ _VERSION = "ns:"
 _STATS = "stats"
 _EMBEDDER = "meta:embedder"
 _NEGATIVE = "neg:"
+_PIECES = "p:"
+Pieces = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
+"""A phrasing's word pieces: int8 rows and one float32 scale per row."""
 
 _encoder = msgspec.msgpack.Encoder()
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
@@ -31,6 +34,28 @@ _entry_decoder = msgspec.msgpack.Decoder(Entry)
 def group_tag(namespace: str, version: int) -> str:
     """The diskcache tag shared by every record of one (namespace, catalog version)."""
     return f"{namespace}@{version}"
+
+
+def _pieces_tag(namespace: str, version: int) -> str:
+    # A tag of their own: evicting a group still counts its entries by their two records.
+    return group_tag(namespace, version) + "#pieces"
+
+
+def _encode_pieces(pieces: Pieces) -> bytes:
+    rows, scales = pieces
+    head = np.asarray(rows.shape, dtype=np.uint32).tobytes()
+    return head + np.asarray(scales, dtype=np.float32).tobytes() + rows.astype(np.int8).tobytes()
+
+
+def _decode_pieces(raw: bytes) -> Pieces | None:
+    if len(raw) < 8:
+        return None
+    n, dim = (int(x) for x in np.frombuffer(raw[:8], dtype=np.uint32))
+    if len(raw) != 8 + 4 * n + n * dim:
+        return None
+    scales = np.frombuffer(raw[8 : 8 + 4 * n], dtype=np.float32).reshape(n, 1)
+    rows = np.frombuffer(raw[8 + 4 * n :], dtype=np.int8).reshape(n, dim)
+    return rows, scales
 
 
 class EntryStore:
@@ -61,14 +86,29 @@ class EntryStore:
         """Store an entry and its vector in one transaction; once this returns, it is durable."""
         self.put_entries([(entry, int_id, vector)])
 
-    def put_entries(self, rows: list[tuple[Entry, int, np.ndarray[Any, Any]]]) -> None:
-        """Store many entries and their vectors in one transaction: all durable, or none."""
+    def put_entries(
+        self,
+        rows: list[tuple[Entry, int, np.ndarray[Any, Any]]],
+        pieces: list[Pieces] | None = None,
+    ) -> None:
+        """Store many entries and their vectors (and word pieces) in one transaction: all
+        durable, or none."""
         with self._db.transact():
-            for entry, int_id, vector in rows:
+            for row, (entry, int_id, vector) in enumerate(rows):
                 tag = group_tag(entry.namespace, entry.catalog_version)
                 key = format_entry_id(int_id)
                 self._db.set(_VECTOR + key, np.asarray(vector, dtype=np.float32).tobytes(), tag=tag)
                 self._db.set(_ENTRY + key, _encoder.encode(entry), tag=tag)
+                if pieces is not None:
+                    self._db.set(
+                        _PIECES + key,
+                        _encode_pieces(pieces[row]),
+                        tag=_pieces_tag(entry.namespace, entry.catalog_version),
+                    )
+
+    def get_pieces(self, int_id: int) -> Pieces | None:
+        raw = self._db.get(_PIECES + format_entry_id(int_id))
+        return None if raw is None else _decode_pieces(raw)
 
     def update_entry(self, entry: Entry, int_id: int) -> None:
         """Rewrite an existing entry's record (hit counters); its vector is unchanged."""
@@ -90,6 +130,7 @@ class EntryStore:
         with self._db.transact():
             existed: bool = self._db.delete(_ENTRY + key)
             self._db.delete(_VECTOR + key)
+            self._db.delete(_PIECES + key)
         return existed
 
     def _scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -118,6 +159,7 @@ class EntryStore:
     def evict_group(self, namespace: str, version: int) -> int:
         """Delete every record of one (namespace, version); returns how many entries went."""
         removed: int = self._db.evict(group_tag(namespace, version))
+        self._db.evict(_pieces_tag(namespace, version))
         return removed // 2  # each entry is two records: the entry and its vector
 
     # namespaces and counters ---------------------------------------------------------------

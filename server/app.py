@@ -73,6 +73,7 @@ def create_app(
         threshold=settings.threshold,
         margin=settings.margin,
         margin_weight=settings.margin_weight,
+        piece_weight=settings.piece_weight,
         guards=settings.guards,
         default_ttl_s=settings.default_ttl_s,
         max_question_chars=settings.max_question_chars,

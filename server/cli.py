@@ -103,6 +103,7 @@ def _calibrate(settings: Settings, file: Path, target: float, as_json: bool) -> 
             config=CacheConfig(
                 guards=settings.guards,
                 margin_weight=settings.margin_weight,
+                piece_weight=settings.piece_weight,
                 max_question_chars=10**6,
             ),
         )
@@ -195,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             threshold=settings.threshold,
             margin=settings.margin,
             margin_weight=settings.margin_weight,
+            piece_weight=settings.piece_weight,
             guards=settings.guards,
         )
         return run_eval(args, config=rule, model_path=settings.model_path)

@@ -38,6 +38,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much that margin lowers the score: each 0.01
     below 0.15 costs this x 0.01 (a larger margin earns nothing); 0 ignores it."""
+    piece_weight: float = 0.0
+    """Where answers have several phrasings, how much a served answer whose phrasings agree
+    with the question's word pieces less than 0.2 better than its rival's are loses score
+    (0 to 10); 0, the default, turns the rule off and stores no word pieces."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None
@@ -140,6 +144,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise InvalidInput(f"margin must be between 0 and 1, got {self.margin}")
         if not 0.0 <= self.margin_weight <= 10.0:
             raise InvalidInput(f"margin_weight must be between 0 and 10, got {self.margin_weight}")
+        if not 0.0 <= self.piece_weight <= 10.0:
+            raise InvalidInput(f"piece_weight must be between 0 and 10, got {self.piece_weight}")
         if self.upstream_timeout_s <= 0 or self.upstream_max_retries < 0:
             raise InvalidInput("upstream_timeout_s must be positive, upstream_max_retries >= 0")
         if self.embed_deadline_s <= 0:

@@ -122,6 +122,7 @@ def run_suites(
             "threshold": cfg.threshold,
             "margin": cfg.margin,
             "margin_weight": cfg.margin_weight,
+            "piece_weight": cfg.piece_weight,
             "guards": cfg.guards,
             "neighbours": cfg.neighbours,
         },

@@ -139,7 +139,12 @@ class Context:
         if guards:
             return self.config
         return dataclasses.replace(
-            self.config, guards=False, margin=0.0, margin_weight=0.0, turn_threshold=-1.0
+            self.config,
+            guards=False,
+            margin=0.0,
+            margin_weight=0.0,
+            piece_weight=0.0,
+            turn_threshold=-1.0,
         )
 
     def prime(self, texts: Sequence[tuple[str, str | None]], label: str) -> None:

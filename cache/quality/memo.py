@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embeddings import Embedder, Matrix
+from embeddings import Embedder, Matrix, TokenEmbedder
 
 PRIME_BATCH = 256
 
@@ -43,6 +43,7 @@ class MemoEmbedder:
         self._chunks: list[Matrix] = []
         self._matrix: Matrix = np.zeros((0, base.dim), dtype=np.float32)
         self._lock = threading.Lock()
+        self._pieces: dict[str, Matrix] = {}
         self.misses = 0
         """Texts embedded one call at a time because nobody primed them."""
 
@@ -77,6 +78,30 @@ class MemoEmbedder:
             self._consolidate()
             rows = [self._rows[t] for t in texts]
             return np.ascontiguousarray(self._matrix[rows], dtype=np.float32)
+
+    @property
+    def has_tokens(self) -> bool:
+        return isinstance(self._base, TokenEmbedder) and bool(
+            getattr(self._base, "has_tokens", True)
+        )
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        """Vectors from the memo, word pieces from the model once per text (kept in memory,
+        as float16: the evaluation reads them a few times each)."""
+        base = self._base
+        if not isinstance(base, TokenEmbedder):
+            raise TypeError(f"{type(base).__name__} gives no word-piece vectors")
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._pieces))
+        for start in range(0, len(missing), PRIME_BATCH):
+            chunk = missing[start : start + PRIME_BATCH]
+            _, pieces = base.embed_with_tokens(chunk)
+            with self._lock:
+                for text, own in zip(chunk, pieces, strict=True):
+                    self._pieces[text] = own.astype(np.float16)
+        vectors = self.embed(texts)
+        with self._lock:
+            return vectors, [self._pieces[t].astype(np.float32) for t in texts]
 
     def _file_stem(self, texts: Sequence[str]) -> Path | None:
         if self._dir is None:

@@ -108,7 +108,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- embedder: {summary['embedder']}",
         f"- shipped rule: threshold {cfg['threshold']}, margin {cfg['margin']}, "
         f"margin weight {cfg.get('margin_weight', 0.0)}, "
-        f"guards {'on' if cfg['guards'] else 'off'}",
+        + (f"word-piece weight {cfg['piece_weight']}, " if cfg.get("piece_weight") else "")
+        + f"guards {'on' if cfg['guards'] else 'off'}",
         f"- data: {summary['data_dir']} (split {summary['split']}"
         f"{', --quick' if summary['quick'] else ''}); seed {summary['seed']}",
         f"- run time: {summary['seconds']:.0f} s",

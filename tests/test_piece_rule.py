@@ -1,0 +1,127 @@
+"""The word-piece rule (`piece_weight`): pieces stored with each phrasing, and the score moved by
+the agreement gap between the served answer and its rival."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import CacheConfig, SemanticCache, Usage
+from cache.semantic import PIECE_PIVOT, NewEntry
+from embeddings import Matrix, TokenEmbedder
+from tests.fakes import HashingEmbedder
+
+NS = "faq"
+ANSWERS = {
+    "Your card payment was declined by the merchant.": [
+        "why was my card payment declined",
+        "card payment declined at the shop",
+        "my card payment got refused",
+    ],
+    "Your transfer was declined by the bank.": [
+        "why was my transfer declined",
+        "transfer declined to my landlord",
+        "my transfer got refused",
+    ],
+}
+QUERY = "why was my payment declined or refused"  # its words are nearly all in both answers
+
+
+class PieceEmbedder(HashingEmbedder):
+    """Word pieces: one unit vector per word, the word's own hashing embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.piece_calls = 0
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[Matrix, list[Matrix]]:
+        self.piece_calls += 1
+        words = HashingEmbedder(self.dim)
+        return self.embed(texts), [words.embed(t.split() or [""]) for t in texts]
+
+
+def fill(cache: SemanticCache) -> None:
+    cache.put_batch(
+        [
+            NewEntry(question=q, answer=a, model="claude-haiku-4-5", usage=Usage(), namespace=NS)
+            for a, qs in ANSWERS.items()
+            for q in qs
+        ]
+    )
+
+
+def open_cache(path: Path, weight: float, embedder: HashingEmbedder) -> SemanticCache:
+    config = CacheConfig(piece_weight=weight, guards=False)
+    return SemanticCache(path, embedder, config=config)
+
+
+def test_the_gap_moves_the_score_and_survives_a_restart(tmp_path: Path) -> None:
+    embedder = PieceEmbedder()
+    assert isinstance(embedder, TokenEmbedder)
+    plain = open_cache(tmp_path / "plain", 0.0, embedder)
+    fill(plain)
+    before = plain.explain(QUERY, NS)
+    assert before is not None and before.piece_gap is None  # off: not measured
+    plain.close()
+    assert embedder.piece_calls == 0  # and no word pieces asked for
+
+    cache = open_cache(tmp_path / "pieces", 1.0, embedder)
+    fill(cache)
+    found = cache.explain(QUERY, NS)
+    assert found is not None and found.piece_gap is not None
+    assert found.entry.answer == before.entry.answer
+    assert found.piece_gap < PIECE_PIVOT  # close siblings: the rule has something to do
+    expected = before.similarity - max(0.0, PIECE_PIVOT - found.piece_gap)
+    assert found.similarity == pytest.approx(expected, abs=1e-6)
+    cache.close()
+
+    reopened = open_cache(tmp_path / "pieces", 1.0, PieceEmbedder())
+    again = reopened.explain(QUERY, NS)
+    assert again is not None and again.piece_gap == pytest.approx(found.piece_gap, abs=1e-6)
+    reopened.close()
+
+
+def test_pieces_go_with_their_entry(tmp_path: Path) -> None:
+    cache = open_cache(tmp_path, 1.0, PieceEmbedder())
+    fill(cache)
+    entry = cache.explain(QUERY, NS)
+    assert entry is not None
+    int_id = int(entry.entry.id, 16)
+    stored = cache._store.get_pieces(int_id)
+    assert stored is not None
+    rows, scales = stored
+    assert rows.dtype == np.int8 and rows.shape[0] == len(entry.entry.normalized_question.split())
+    assert scales.shape == (rows.shape[0], 1)
+    cache.delete(entry.entry.id)
+    assert cache._store.get_pieces(int_id) is None
+
+    others = [i for i, _ in cache._store.iter_entries()]
+    assert len(others) == 5 and all(cache._store.get_pieces(i) is not None for i in others)
+    cache.set_version(NS)  # a bump, then the purge evicts the old version's records
+    cache.purge()
+    assert [i for i, _ in cache._store.iter_entries()] == []
+    assert all(cache._store.get_pieces(i) is None for i in others)
+    cache.close()
+
+
+def test_the_weight_is_a_validated_setting() -> None:
+    from cache import InvalidInput
+    from server.settings import Settings
+
+    assert Settings.load(environ={}).piece_weight == 0.0  # off unless asked for
+    assert Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "1"}).piece_weight == 1.0
+    with pytest.raises(InvalidInput, match="piece_weight"):
+        Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "-1"})
+
+
+def test_a_model_without_word_pieces_keeps_the_rule_off(tmp_path: Path) -> None:
+    embedder = HashingEmbedder()
+    cache = open_cache(tmp_path, 1.0, embedder)
+    fill(cache)
+    found = cache.explain(QUERY, NS)
+    assert found is not None and found.piece_gap is None
+    assert all(cache._store.get_pieces(i) is None for i, _ in cache._store.iter_entries())
+    cache.close()
