@@ -125,3 +125,24 @@ def test_a_model_without_word_pieces_keeps_the_rule_off(tmp_path: Path) -> None:
     assert found is not None and found.piece_gap is None
     assert all(cache._store.get_pieces(i) is None for i, _ in cache._store.iter_entries())
     cache.close()
+
+
+def test_the_evaluation_memo_gives_pieces_once_per_text() -> None:
+    from cache.quality.memo import MemoEmbedder
+
+    base = PieceEmbedder()
+    memo = MemoEmbedder(base)
+    assert memo.has_tokens and not MemoEmbedder(HashingEmbedder()).has_tokens
+    vectors, pieces = memo.embed_with_tokens(
+        ["card declined", "transfer declined", "card declined"]
+    )
+    assert vectors.shape == (3, base.dim) and [len(p) for p in pieces] == [2, 2, 2]
+    np.testing.assert_allclose(pieces[0], pieces[2])
+    np.testing.assert_allclose(
+        pieces[0][0], HashingEmbedder(base.dim).embed(["card"])[0], atol=1e-3
+    )
+    calls = base.piece_calls
+    memo.embed_with_tokens(["transfer declined"])
+    assert base.piece_calls == calls  # remembered
+    with pytest.raises(TypeError):
+        MemoEmbedder(HashingEmbedder()).embed_with_tokens(["x"])
