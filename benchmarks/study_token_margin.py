@@ -47,7 +47,7 @@ import numpy as np
 from cache import guards
 from cache.normalize import normalize_question
 from cache.quality import loaders, suites
-from cache.semantic import MARGIN_PIVOT, CacheConfig
+from cache.semantic import MARGIN_PIVOT, CacheConfig, agreement
 from embeddings.onnx_embedder import OnnxEmbedder
 
 Array = np.ndarray[Any, Any]
@@ -83,7 +83,7 @@ class Texts:
         return np.vstack([self.tokens[self.row[t]] for t in texts])
 
     def agreement(self, query: str, bag: Array) -> float:
-        return float((self.tokens[self.row[query]] @ bag.T).max(axis=1).mean())
+        return agreement(self.tokens[self.row[query]], bag)  # the server's own measure
 
 
 def features(
@@ -176,6 +176,11 @@ def main() -> None:
     print(
         f"# data: {args.data_dir}/banking77, {len(every)} texts, {len(cached)} cached intents, "
         f"{len(held)} held out; small FAQs {SMALL_FAQ_SIZES} x {DRAWS} draws"
+    )
+    pieces = np.array([len(t) for t in data.tokens])
+    print(
+        f"# word pieces per text: mean {pieces.mean():.1f}, max {pieces.max()}; stored as int8"
+        f" with a float32 scale, {pieces.mean() * (embedder.dim + 4) / 1024:.1f} KiB per text"
     )
     print("# score = shipped score + weight * min(0, agreement gap - pivot); guards veto")
     print("# HR@1%: hit rate at <= 1% wrong answers; tau: lowest threshold (step 0.0025) where the")

@@ -186,7 +186,6 @@ class OnnxEmbedder:
         # lookups over HTTP 6.4 -> 5.5 ms, for 3-6% less throughput at 8 and 32 clients
         # (benchmarks/results/spin-ab.txt). They stop spinning when the call returns, so idle
         # threads don't burn the cores the HTTP server needs between calls.
-        self.spin = spin
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if spin:
             options.add_session_config_entry("session.force_spinning_stop", "1")
