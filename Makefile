@@ -44,6 +44,7 @@ bench: bench-install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_vs_gptcache.py > benchmarks/results/bench_vs_gptcache.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_scale.py > benchmarks/results/bench_scale.txt
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_embed_ceiling.py > benchmarks/results/bench_embed_ceiling.txt
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_piece_rule.py ../shared/data > benchmarks/results/bench_piece_rule.txt
 
 # Ten minutes of mixed load against the real server; exits 1 when its verdict fails.
 soak: bench-install

@@ -1,22 +1,25 @@
 """Offline study: does agreement of word pieces (token-level MaxSim) tell right hits from wrong?
 
-The shipped rule sees one vector per text. The model's last layer also has a vector per word
-piece, in context, and "declined card payment" and "declined transfer" differ there more
-than in their means. For each lookup of S1 (BANKING77 dev, the suite's own split), this takes
-the answer the shipped rule would serve and its nearest rival answer, and measures
+A sentence vector is one mean. The model's last layer also has a vector per word piece, in
+context, and "declined card payment" and "declined transfer" differ there more than in
+their means. For each lookup of S1 (BANKING77 dev, the suite's own split), this takes the
+answer the rule without word pieces would serve, and its rival answers, and measures
 
     agreement(answer) = mean over the query's word pieces of the best cosine to any word piece
                         of any phrasing of that answer
 
-then adds `weight * min(0, agreement(served) - agreement(rival) - pivot)` to the shipped
-score (a penalty only: a reward served unanswerable questions in small FAQs, S6s). It prints
-the hit rate at <= 1% wrong answers (S1, m = 5 and m = all), and, at the threshold where the
-held-out intents (S6-like) and three small FAQs of 5, 10 and 20 answers (S6s-like) all stay
-<= 1% wrong, the hit rate and wrong answers there.
+then adds `weight * min(0, agreement(served) - agreement(rival) - pivot)` to the score
+(a penalty only: a reward served unanswerable questions in small FAQs, S6s), where the rival
+is the nearest other answer (rivals 1) or the best-agreeing of up to four others met among
+the phrasings read (rivals 4, what the server ships). It prints the hit rate at <= 1% wrong
+answers (S1, m = 5 and m = all), and, at the threshold where the held-out intents (S6-like)
+and three small FAQs of 5, 10 and 20 answers (S6s-like) all stay <= 1% wrong, the hit rate
+and wrong answers there.
 
 This is a study, not the evaluation: the rule is re-implemented here in numpy (without the
-alias offset, the score cap, the feedback floor and the 128-neighbour search, which change
-no ranking on S1), so its absolute numbers sit about a point above `semcache eval`'s. Compare
+alias offset, the score cap and the feedback floor, which change no ranking on S1), and it
+finds the best threshold on a continuous scale where `semcache eval` steps by 0.01, so its
+numbers sit up to a point above the evaluation's. Compare
 rows with each other, not with benchmarks/results/S1.json.
 
     .venv/bin/python benchmarks/study_token_margin.py ../shared/data \\
@@ -47,7 +50,7 @@ import numpy as np
 from cache import guards
 from cache.normalize import normalize_question
 from cache.quality import loaders, suites
-from cache.semantic import MARGIN_PIVOT, CacheConfig, agreement
+from cache.semantic import MARGIN_PIVOT, PIECE_RIVALS, CacheConfig, agreement
 from embeddings.onnx_embedder import OnnxEmbedder
 
 Array = np.ndarray[Any, Any]
@@ -89,7 +92,10 @@ class Texts:
 def features(
     data: Texts, stored: list[tuple[str, str]], queries: list[tuple[str, str | None]]
 ) -> Array:
-    """Per query: right?, shipped score (margin penalty, no tokens), agreement gap, guard."""
+    """Per query: right?, score without the word-piece rule, agreement gap against the
+    nearest rival, guard veto, gap against the best-agreeing of up to `PIECE_RIVALS` rivals
+    (other answers met among the 16 nearest phrasings, or the 128 when those are all one
+    answer's, as the server reads them)."""
     labels = sorted({label for _, label in stored})
     lab = {label: k for k, label in enumerate(labels)}
     stored_label = np.array([lab[label] for _, label in stored])
@@ -111,14 +117,20 @@ def features(
         margin = float(sims[best] - sims[rival]) if place < WIDEST else MARGIN_PIVOT
         matched = (float(sims[best]) + float(centroids[served] @ v)) / 2
         shipped = matched - weight * max(0.0, MARGIN_PIVOT - margin)
-        gap = data.agreement(text, bags[served]) - data.agreement(text, bags[stored_label[rival]])
+        ours = data.agreement(text, bags[served])
+        gap = ours - data.agreement(text, bags[stored_label[rival]])
+        read = order[:16] if place < 16 else order[:WIDEST]
+        rivals = list(dict.fromkeys(int(stored_label[j]) for j in read))
+        rivals = [r for r in rivals if r != served]
+        gaps = ours - max(data.agreement(text, bags[r]) for r in rivals[:PIECE_RIVALS] or [rival])
         vetoed = guards.check(text, stored[best][0]) is not None
-        rows.append((labels[served] == label, shipped, gap, vetoed))
+        rows.append((labels[served] == label, shipped, gap, vetoed, gaps))
     return np.array(rows, dtype=np.float64)
 
 
-def scored(f: Array, weight: float, pivot: float) -> Array:
-    s = f[:, 1] + weight * np.minimum(f[:, 2] - pivot, 0.0)
+def scored(f: Array, weight: float, pivot: float, rivals: int = 1) -> Array:
+    gap = f[:, 2] if rivals == 1 else f[:, 4]
+    s = f[:, 1] + weight * np.minimum(gap - pivot, 0.0)
     s[f[:, 3] > 0] = -9.0
     return s
 
@@ -182,7 +194,8 @@ def main() -> None:
         f"# word pieces per text: mean {pieces.mean():.1f}, max {pieces.max()}; stored as int8"
         f" with a float32 scale, {pieces.mean() * (embedder.dim + 4) / 1024:.1f} KiB per text"
     )
-    print("# score = shipped score + weight * min(0, agreement gap - pivot); guards veto")
+    print("# score = score without word pieces + weight * min(0, agreement gap - pivot);")
+    print("#   guards veto")
     print("# HR@1%: hit rate at <= 1% wrong answers; tau: lowest threshold (step 0.0025) where the")
     print(
         "#   held-out intents of S1 m=5 and every small FAQ stay <= 1% wrong; at tau: S1 hit rate"
@@ -190,16 +203,20 @@ def main() -> None:
     print("#   and wrong answers, and the small FAQs' wrong answers (%), 5/10/20 answers")
     print()
     print(
-        f"{'weight':>6} {'pivot':>5} {'m=5 HR@1%':>10} {'all HR@1%':>10} {'tau':>7} "
+        f"{'weight':>6} {'pivot':>5} {'rivals':>6} {'m=5 HR@1%':>10} {'all HR@1%':>10} {'tau':>7} "
         f"{'m=5 HR/ER at tau':>17} {'all HR at tau':>13}  small FAQs wrong at tau"
     )
     taus = np.arange(0.6, 1.1, 0.0025)
-    for weight, pivot in [(0.0, 0.0)] + [
-        (w, c) for w in (1.0, 2.0) for c in (0.1, 0.15, 0.2, 0.25)
-    ]:
-        hr = {name: hit_rate_at(scored(f, weight, pivot), f[:, 0] > 0) for name, f in feats.items()}
-        m5 = scored(feats["S1 m=5"], weight, pivot)
-        small_scores = [scored(f, weight, pivot) for f in small_feats]
+    variants = [(0.0, 0.0, 1)]
+    variants += [(w, c, 1) for w in (1.0, 2.0) for c in (0.1, 0.15, 0.2, 0.25)]
+    variants += [(w, 0.2, PIECE_RIVALS) for w in (1.0, 1.5, 2.0)]
+    for weight, pivot, rivals in variants:
+        hr = {
+            name: hit_rate_at(scored(f, weight, pivot, rivals), f[:, 0] > 0)
+            for name, f in feats.items()
+        }
+        m5 = scored(feats["S1 m=5"], weight, pivot, rivals)
+        small_scores = [scored(f, weight, pivot, rivals) for f in small_feats]
         tau = next(
             t
             for t in taus
@@ -207,18 +224,21 @@ def main() -> None:
             and all((s >= t).mean() <= 0.01 for s in small_scores)
         )
         right5 = feats["S1 m=5"][:, 0] > 0
-        all_scores = scored(feats["S1 m=all"], weight, pivot)
+        all_scores = scored(feats["S1 m=all"], weight, pivot, rivals)
         by_size = [
             100 * np.mean(np.concatenate(small_scores[k * DRAWS : (k + 1) * DRAWS]) >= tau)
             for k in range(len(SMALL_FAQ_SIZES))
         ]
         print(
-            f"{weight:>6.1f} {pivot:>5.2f} {hr['S1 m=5']:>10.3f} {hr['S1 m=all']:>10.3f} "
+            f"{weight:>6.1f} {pivot:>5.2f} {rivals:>6} "
+            f"{hr['S1 m=5']:>10.3f} {hr['S1 m=all']:>10.3f} "
             f"{tau:>7.4f} {(m5 >= tau).mean():>9.3f}/{((m5 >= tau) & ~right5).mean():.4f} "
             f"{(all_scores >= tau).mean():>13.3f}  " + " / ".join(f"{x:.2f}" for x in by_size)
         )
     print()
-    print("# weight 0: the shipped rule (this re-implementation)")
+    print("# weight 0: the rule without word pieces (this re-implementation)")
+    print(f"# rivals 1: against the nearest other answer; {PIECE_RIVALS}: the best-agreeing of the")
+    print("#   other answers among the phrasings read (the server's rule, weight 2, pivot 0.2)")
     print(f"# total run time {time.perf_counter() - started:.0f} s")
 
 

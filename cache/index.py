@@ -126,6 +126,7 @@ class GroupIndex:
         self._answers: dict[int, int] = {}  # id -> key of its answer (alike answers, one key)
         self._expiry: dict[int, float] = {}  # id -> expiry, for ids that expire
         self._members: dict[int, int | set[int]] = {}  # answer key -> its phrasings' ids
+        self._aliased = 0  # answers with several phrasings: where the word-piece rule applies
         self._centroids: dict[int, np.ndarray[Any, Any]] = {}  # answer key -> unit mean vector
         self._lock = RWLock()
         self._saving = threading.Lock()
@@ -179,6 +180,11 @@ class GroupIndex:
         members = self._members.get(answer_key)
         return [] if members is None else [members] if isinstance(members, int) else list(members)
 
+    @property
+    def has_aliases(self) -> bool:
+        """Whether some answer here has several phrasings."""
+        return self._aliased > 0
+
     def phrasings(self, answer_key: int) -> int:
         """How many stored phrasings (live or not yet purged) share this answer."""
         members = self._members.get(answer_key)
@@ -206,6 +212,7 @@ class GroupIndex:
         elif isinstance(members, int):
             if members != int_id:
                 self._members[answer_key] = {members, int_id}
+                self._aliased += 1
         else:
             members.add(int_id)
         self._centroids.pop(answer_key, None)
@@ -222,8 +229,10 @@ class GroupIndex:
         members.discard(int_id)
         if len(members) == 1:
             self._members[answer_key] = next(iter(members))
+            self._aliased -= 1
         elif not members:
             del self._members[answer_key]
+            self._aliased -= 1
 
     def answer_similarities(
         self, vector: np.ndarray[Any, Any], answers: list[int]
@@ -300,13 +309,15 @@ class GroupIndex:
             width = min(k, total)
             while width:
                 sims, ids = self._index.search(query, width)
+                # Python numbers first: per-element numpy scalars cost a microsecond each.
+                id_list: list[int] = ids[0].tolist()
                 found = [
-                    (int(i), min(1.0, max(-1.0, float(sim))))
-                    for sim, i in zip(sims[0], ids[0], strict=True)
-                    if i >= 0 and int(i) in answers and expiry.get(int(i), math.inf) > now
+                    (i, min(1.0, max(-1.0, sim)))
+                    for sim, i in zip(sims[0].tolist(), id_list, strict=True)
+                    if i >= 0 and i in answers and expiry.get(i, math.inf) > now
                 ]
                 # Fewer than `width` results: an IVF index has no more in the clusters it probed.
-                if len(found) >= k or width == total or ids[0][-1] < 0:
+                if len(found) >= k or width == total or id_list[-1] < 0:
                     break
                 width = min(total, width * 4)  # expired entries took places: look further
         return found[:k]

@@ -97,10 +97,11 @@ class CacheConfig:
     whatever the score."""
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much the margin moves the score (`score`)."""
-    piece_weight: float = 0.0
+    piece_weight: float = 2.0
     """Where answers have several phrasings, how much the word-piece gap lowers the score:
-    each 0.01 of gap below `PIECE_PIVOT` costs this x 0.01; 0 (the default) turns the rule
-    off and stores no word pieces. Needs an embedder that gives them (`TokenEmbedder`)."""
+    each 0.01 of gap below `PIECE_PIVOT` costs this x 0.01; 0 turns the rule off and stores
+    no word pieces. Needs an embedder that gives them (`TokenEmbedder`); without one the rule
+    is off whatever this says."""
     guards: bool = True
     """Veto matches whose numbers, dates, actions or negation differ from the query's."""
     turn_threshold: float = 0.7
@@ -126,10 +127,16 @@ question" (or one that embeds identically)."""
 
 PIECE_PIVOT = 0.2
 """Where the word-piece rule is on, a served answer whose phrasings agree with the question's
-word pieces at least this much better than its rival's are is scored as before; each 0.01
-short of it costs `piece_weight` x 0.01 (benchmarks/results/piece-rule/)."""
-BAGS_KEPT = 4096
-"""Answers whose word pieces are kept in memory (least recently used go first)."""
+word pieces at least this much better than every rival's do is scored as before; each 0.01
+short of it costs `piece_weight` x 0.01 (README "How often is it wrong?")."""
+PIECE_RIVALS = 4
+"""Other answers, nearest first among the neighbours read, that the served answer must beat
+on word pieces: about a point more of S1 answered at 1% wrong than against the nearest one
+alone, whose phrasings need not be the ones that share the question's words
+(benchmarks/study_token_margin.py)."""
+BAG_BYTES = 256 * 2**20
+"""Memory for answers' word pieces (float32), least recently used dropped first: an answer of
+five phrasings takes about 100 KiB, one of 130 phrasings 2.6 MiB."""
 
 
 def quantise_pieces(
@@ -193,8 +200,8 @@ class Candidate(msgspec.Struct, kw_only=True):
     guard: str | None
     """Why a guard vetoes this match; None when no guard objects."""
     piece_gap: float | None = None
-    """Word-piece agreement of the question with this answer's phrasings less that with the
-    rival answer's (None: not measured)."""
+    """Word-piece agreement of the question with this answer's phrasings less the highest
+    agreement with a rival answer's (up to `PIECE_RIVALS`; None: not measured)."""
 
     @property
     def matched(self) -> float:
@@ -317,6 +324,7 @@ class SemanticCache:
         self._recent: OrderedDict[str, RecentHit] = OrderedDict()
         # Word pieces of stored phrasings are read from the store per answer, kept in an LRU.
         self._bags: OrderedDict[tuple[int, ...], np.ndarray[Any, Any]] = OrderedDict()
+        self._bag_bytes = 0
         self._bags_lock = threading.Lock()
         self.indexes_loaded = 0
         """How many saved index files were reused at start-up (the rest were rebuilt)."""
@@ -545,13 +553,21 @@ class SemanticCache:
         if not search:
             raise _NeedsSearch
         query_pieces = None
-        pieced = self._piece_embedder()
+        # Without aliases in the group the word-piece rule never applies: no pieces asked for.
+        pieced = self._piece_embedder() if group.has_aliases else None
         if pieced is not None:
             vectors, pieces = pieced.embed_with_tokens([text])
             vector, query_pieces = vectors[0], pieces[0]
         else:
             vector = self._embedder.embed([text])[0]
-        neighbours = group.search(vector, now, self.config.neighbours)
+        # Where an answer has several phrasings they can fill the first neighbours, and the
+        # margin needs the nearest other answer. An IVF search costs its probed lists whatever
+        # it returns, so a large group reads wide at once rather than searching twice; a flat
+        # one reads wide only when it must (`_runner_up`): there the wide read costs more.
+        wide = group.has_aliases and group.kind == "ivf"
+        neighbours = group.search(
+            vector, now, self.config.neighbours * (WIDER_SEARCH if wide else 1)
+        )
         if not neighbours:
             return None
         best_id, nearest = neighbours[0]
@@ -564,7 +580,8 @@ class SemanticCache:
         # phrasings: centroids of answers asked in hundreds of ways sit too close together
         # to separate them (measured on BANKING77 dev, benchmarks/results).
         matched = (nearest + own) / 2
-        runner_up, margin, rival = self._runner_up(group, vector, now, neighbours, best_answer)
+        runner_up, margin, rivals = self._runner_up(group, vector, now, neighbours, best_answer)
+        rival = rivals[0] if rivals else None
         # The margin moves the score only where an answer has several phrasings (aliases, an
         # imported FAQ). Entries stored one per question, as /v1/ask stores its misses, are
         # often one question answered twice: there a near rival is no sign of a wrong match,
@@ -575,8 +592,8 @@ class SemanticCache:
         if best_aliased or (rival is not None and group.phrasings(rival) > 1):
             offset = ALIAS_OFFSET if best_aliased else 0.0
             similarity = score(matched, margin, self.config.margin_weight, offset)
-            if query_pieces is not None and best_answer is not None and rival is not None:
-                piece_gap = self._piece_gap(group, query_pieces, best_answer, rival)
+            if query_pieces is not None and best_answer is not None and rivals:
+                piece_gap = self._piece_gap(group, query_pieces, best_answer, rivals)
                 if piece_gap is not None:
                     similarity -= self.config.piece_weight * max(0.0, PIECE_PIVOT - piece_gap)
         else:
@@ -601,38 +618,68 @@ class SemanticCache:
             piece_gap=piece_gap,
         )
 
+    def _makes_aliases(self, checked: Sequence[tuple[Any, ...]], texts: list[str]) -> bool:
+        """Whether a batch writes into a group whose answers have (or will have) several
+        phrasings: only there does the word-piece rule read stored pieces."""
+        if self._piece_embedder() is None:
+            return False
+        seen: dict[tuple[GroupKey, int], str] = {}
+        for (item, namespace, _, _, _), text in zip(checked, texts, strict=True):
+            key = (namespace, self.version(namespace), item.scope)
+            answer = answer_key(item.answer)
+            group = self._groups.get(key)
+            if group is not None and (group.has_aliases or group.phrasings(answer) > 0):
+                return True
+            if seen.setdefault((key, answer), text) != text:
+                return True
+        return False
+
     def _piece_embedder(self) -> TokenEmbedder | None:
         """The embedder to ask for word pieces, None while the word-piece rule is off."""
         return piece_embedder(self._embedder) if self.config.piece_weight > 0 else None
 
     def _bag(self, group: GroupIndex, answer: int) -> np.ndarray[Any, Any] | None:
-        """The word pieces of every phrasing of `answer`, None when one has none stored."""
+        """The word pieces of every phrasing of `answer`; None when there are none to be had."""
         members = tuple(sorted(group.members(answer)))
         with self._bags_lock:
             if members in self._bags:
                 self._bags.move_to_end(members)
                 return self._bags[members]
-        parts = [self._store.get_pieces(i) for i in members]
-        found = [p for p in parts if p is not None]
-        if not found or len(found) < len(parts):
-            return None  # not kept: a phrasing without pieces gets them when rewritten
-        bag = np.vstack([rows.astype(np.float32) * scales for rows, scales in found])
+        stored = {i: self._store.get_pieces(i) for i in members}
+        found = [rows.astype(np.float32) * scales for rows, scales in filter(None, stored.values())]
+        missing = [e for i, p in stored.items() if p is None and (e := self._store.get_entry(i))]
+        pieced = self._piece_embedder()
+        if missing and pieced is not None:
+            # Written before its group had aliases (or while the rule was off): embedded now,
+            # kept in memory only, so a lookup never writes.
+            texts = [key_text(e.normalized_question, e.context) for e in missing]
+            try:
+                found.extend(pieced.embed_with_tokens(texts)[1])
+            except Exception:
+                log.exception("word pieces of stored phrasings could not be computed")
+                return None
+        if not found:
+            return None
+        bag = np.vstack(found)
         with self._bags_lock:
-            self._bags[members] = bag
-            if len(self._bags) > BAGS_KEPT:
-                self._bags.popitem(last=False)
+            if members not in self._bags:
+                self._bags[members] = bag
+                self._bag_bytes += bag.nbytes
+            while self._bag_bytes > BAG_BYTES and len(self._bags) > 1:
+                self._bag_bytes -= self._bags.popitem(last=False)[1].nbytes
         return bag
 
     def _piece_gap(
-        self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rival: int
+        self, group: GroupIndex, query: np.ndarray[Any, Any], best: int, rivals: list[int]
     ) -> float | None:
         """How much better the served answer's phrasings agree with the question's word pieces
-        than its rival's do; None when a phrasing of either has no word pieces stored (written
-        while the rule was off)."""
-        ours, theirs = self._bag(group, best), self._bag(group, rival)
-        if ours is None or theirs is None or len(query) == 0:
+        than the best-agreeing rival's do; None when the pieces of the served answer, or of
+        every rival, could not be had."""
+        ours = self._bag(group, best) if len(query) else None
+        if ours is None:
             return None
-        return agreement(query, ours) - agreement(query, theirs)
+        theirs = [agreement(query, bag) for r in rivals if (bag := self._bag(group, r)) is not None]
+        return agreement(query, ours) - max(theirs) if theirs else None
 
     def _runner_up(
         self,
@@ -641,34 +688,46 @@ class SemanticCache:
         now: float,
         neighbours: list[tuple[int, float]],
         best: int | None,
-    ) -> tuple[float | None, float, int | None]:
+    ) -> tuple[float | None, float, list[int]]:
         """The similarity of the nearest phrasing of another answer than `best` (None: none
-        found), the margin of the nearest phrasing over it, and that other answer's key.
+        found), the margin of the nearest phrasing over it, and the other answers met among
+        the neighbours read, nearest first (at most `PIECE_RIVALS`).
 
-        An answer stored in many phrasings can fill every neighbour read; then a wider
-        search finds its competitor, so the margin is measured, not assumed.
+        An answer stored in many phrasings can fill the first `neighbours` read; then the wider
+        read (searched here unless `neighbours` holds it already) finds its competitor, so
+        the margin is measured, not assumed.
         """
         nearest = neighbours[0][1]
+        first_read = neighbours[: self.config.neighbours]
 
-        def first_other(read: list[tuple[int, float]]) -> tuple[float, int | None] | None:
+        def others(read: list[tuple[int, float]]) -> tuple[float | None, list[int]]:
+            first: float | None = None
+            found: list[int] = []
             for i, sim in read[1:]:
                 answer = group.answer_key(i)
-                if answer != best:
-                    return sim, answer
-            return None
+                if answer == best or (answer is not None and answer in found):
+                    continue
+                if first is None:
+                    first = sim
+                if answer is not None:
+                    found.append(answer)
+                if len(found) == PIECE_RIVALS:
+                    break
+            return first, found
 
-        found = first_other(neighbours)
-        if found is None and len(neighbours) >= self.config.neighbours:
+        first, rivals = others(first_read)
+        if first is None and len(first_read) >= self.config.neighbours:
             wide = self.config.neighbours * WIDER_SEARCH
-            neighbours = group.search(vector, now, wide)
-            found = first_other(neighbours)
-            if found is None and len(neighbours) >= wide:
+            if len(neighbours) <= len(first_read):  # not read wide yet
+                neighbours = group.search(vector, now, wide)
+            first, rivals = others(neighbours)
+            if first is None and len(neighbours) >= wide:
                 # 128 phrasings of one answer before any other: as clear as the rule asks,
                 # though all of them may sit within a hair of each other.
-                return None, MARGIN_PIVOT, None
-        if found is None:
-            return None, 1.0, None  # that was every live phrasing: no other answer to confuse
-        return found[0], nearest - found[0], found[1]
+                return None, MARGIN_PIVOT, []
+        if first is None:
+            return None, 1.0, []  # that was every live phrasing: no other answer to confuse
+        return first, nearest - first, rivals
 
     def lookup(
         self,
@@ -1018,7 +1077,7 @@ class SemanticCache:
         texts = [key_text(normalized, context) for _, _, normalized, context, _ in checked]
         namespaces = {namespace for _, namespace, _, _, _ in checked}
         pieces: list[np.ndarray[Any, Any]] | None = None
-        pieced = self._piece_embedder()
+        pieced = self._piece_embedder() if self._makes_aliases(checked, texts) else None
         try:
             if pieced is not None:
                 chunks, pieces = [], []

@@ -38,10 +38,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     margin_weight: float = 2.0
     """Where answers have several phrasings, how much that margin lowers the score: each 0.01
     below 0.15 costs this x 0.01 (a larger margin earns nothing); 0 ignores it."""
-    piece_weight: float = 0.0
+    piece_weight: float = 2.0
     """Where answers have several phrasings, how much a served answer whose phrasings agree
-    with the question's word pieces less than 0.2 better than its rival's are loses score
-    (0 to 10); 0, the default, turns the rule off and stores no word pieces."""
+    with the question's word pieces less than 0.2 better than its nearest rivals' do loses
+    score: each 0.01 short costs this x 0.01 (0 to 10); 0 turns the rule off and stores no
+    word pieces."""
     guards: bool = True
     """Veto matches whose numbers, dates, names, actions or negation differ."""
     default_ttl_s: float | None = None

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cache.index import GroupIndex
 from embeddings import Matrix, l2_normalise
 
 
@@ -58,3 +59,16 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def count_searches(group: GroupIndex) -> list[int]:
+    """Record the `k` of every search of `group` from now on, in the list returned."""
+    searches: list[int] = []
+    search = group.search
+
+    def counted(vector: Matrix, now: float, k: int = 16) -> list[tuple[int, float]]:
+        searches.append(k)
+        return search(vector, now, k)
+
+    group.search = counted  # type: ignore[method-assign]
+    return searches

@@ -10,7 +10,7 @@ import pytest
 
 from cache import InvalidInput, NotFound, SemanticCache, Usage, VersionConflict
 from cache.semantic import score
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.fakes import FakeClock, HashingEmbedder, count_searches
 
 MakeCache = Callable[..., SemanticCache]
 USAGE = Usage(input_tokens=1000, output_tokens=200)
@@ -433,10 +433,13 @@ def test_a_rival_beyond_the_neighbours_read_is_still_found(make_cache: MakeCache
     for i in range(20):  # more phrasings of one answer than the 16 neighbours read
         put(cache, f"alpha beta gamma variant{i}", "popular answer")
     put(cache, "alpha omega psi chi", "other answer")
+    (group,) = cache._groups.values()
+    searches = count_searches(group)
     candidate = cache.explain("alpha beta gamma")
     assert candidate is not None and candidate.entry.answer == "popular answer"
     assert candidate.runner_up is not None  # found by the wider search
     assert candidate.margin == pytest.approx(candidate.nearest - candidate.runner_up)
+    assert searches == [16, 128]  # a small (flat) group reads wide only when it must
 
     many = [f"alpha beta gamma variant{i}" for i in range(140)]  # beyond the wider search too
     cache.put_many(many, "crowded answer", model="claude-haiku-4-5", usage=USAGE, namespace="big")

@@ -17,7 +17,7 @@ from cache import IndexPolicy, InvalidInput, NewEntry, SemanticCache, Usage
 from cache.entry import Entry
 from cache.index import GroupIndex
 from cache.store import EntryStore
-from tests.fakes import FakeClock, HashingEmbedder
+from tests.fakes import FakeClock, HashingEmbedder, count_searches
 
 MakeCache = Callable[..., SemanticCache]
 USAGE = Usage(input_tokens=10, output_tokens=5)
@@ -230,3 +230,34 @@ def test_the_start_up_scan_reads_what_diskcache_holds(tmp_path: Path) -> None:
     assert store.versions() == {"ns": 3, "n": 2}
     assert store.negatives() == {42}
     store.close()
+
+
+def test_a_group_knows_whether_any_answer_has_aliases() -> None:
+    group = GroupIndex(4)
+    vectors = np.eye(4, dtype=np.float32)
+    group.add([1, 2], vectors[:2], [None, None], [10, 20])
+    assert not group.has_aliases
+    group.add([3], vectors[2:3], [None], [10])  # a second phrasing of answer 10
+    assert group.has_aliases
+    group.add([3], vectors[2:3], [None], [30])  # rewritten with another answer
+    assert not group.has_aliases
+    group.add([4], vectors[3:4], [None], [20])
+    assert group.has_aliases
+    group.remove([2])
+    assert not group.has_aliases
+
+
+def test_a_large_group_with_aliases_reads_its_neighbours_in_one_search(
+    make_cache: MakeCache,
+) -> None:
+    cache = make_cache(index=SMALL_IVF, threshold=0.0)
+    popular = [f"alpha beta gamma variant{i}" for i in range(20)]  # fills the 16 read first
+    cache.put_many(popular, "popular answer", model="claude-haiku-4-5", usage=USAGE)
+    cache.put_batch(batch([*questions(2_400), "alpha omega psi chi"]))
+    cache.flush()
+    (group,) = cache._groups.values()
+    assert group.kind == "ivf" and group.has_aliases
+    searches = count_searches(group)
+    found = cache.explain("alpha beta gamma")
+    assert found is not None and found.entry.answer == "popular answer"
+    assert found.runner_up is not None and searches == [128]

@@ -1,5 +1,5 @@
 """The word-piece rule (`piece_weight`): pieces stored with each phrasing, and the score moved by
-the agreement gap between the served answer and its rival."""
+the agreement gap between the served answer and its nearest rivals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import CacheConfig, SemanticCache, Usage
-from cache.semantic import PIECE_PIVOT, NewEntry
+from cache import CacheConfig, SemanticCache, Usage, semantic
+from cache.semantic import PIECE_PIVOT, NewEntry, agreement
 from embeddings import Matrix, TokenEmbedder
 from tests.fakes import HashingEmbedder
 
@@ -111,8 +111,8 @@ def test_the_weight_is_a_validated_setting() -> None:
     from cache import InvalidInput
     from server.settings import Settings
 
-    assert Settings.load(environ={}).piece_weight == 0.0  # off unless asked for
-    assert Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "1"}).piece_weight == 1.0
+    assert Settings.load(environ={}).piece_weight == CacheConfig().piece_weight > 0  # on
+    assert Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "0"}).piece_weight == 0.0
     with pytest.raises(InvalidInput, match="piece_weight"):
         Settings.load(environ={"SEMCACHE_PIECE_WEIGHT": "-1"})
 
@@ -146,3 +146,93 @@ def test_the_evaluation_memo_gives_pieces_once_per_text() -> None:
     assert base.piece_calls == calls  # remembered
     with pytest.raises(TypeError):
         MemoEmbedder(HashingEmbedder()).embed_with_tokens(["x"])
+
+
+def put_all(cache: SemanticCache, answers: dict[str, list[str]]) -> None:
+    cache.put_batch(
+        [
+            NewEntry(question=q, answer=a, model="claude-haiku-4-5", usage=Usage(), namespace=NS)
+            for a, qs in answers.items()
+            for q in qs
+        ]
+    )
+
+
+def test_the_served_answer_must_beat_every_near_rival(tmp_path: Path) -> None:
+    # "refused" is only in the farthest answer's phrasings: it covers the question's words
+    # best, though no phrasing of it comes near the question as a whole.
+    question = "why was my payment declined or refused"
+    answers = {
+        "served": ["why was my payment declined", "why was my payment declined today"],
+        "nearest rival": ["why was my payment"],
+        "far rival": ["refused or declined", "why was it", "my payment"],
+    }
+    embedder = PieceEmbedder()
+    cache = open_cache(tmp_path, 1.0, embedder)
+    put_all(cache, answers)
+    found = cache.explain(question, NS)
+    assert found is not None and found.entry.answer == "served"
+    words = HashingEmbedder(embedder.dim)
+    query = words.embed(question.split())
+    agree = {
+        a: agreement(query, words.embed([w for q in qs for w in q.split()]))
+        for a, qs in answers.items()
+    }
+    assert agree["far rival"] > agree["nearest rival"]  # the case this test is about
+    assert found.piece_gap == pytest.approx(agree["served"] - agree["far rival"], abs=1e-3)
+    assert found.piece_gap < 0 < agree["served"] - agree["nearest rival"]
+    cache.close()
+
+
+def test_word_pieces_in_memory_stay_within_their_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache(tmp_path, 1.0, PieceEmbedder())
+    fill(cache)
+    assert cache.explain(QUERY, NS) is not None
+    held = sum(bag.nbytes for bag in cache._bags.values())
+    assert len(cache._bags) == 2 and cache._bag_bytes == held
+    monkeypatch.setattr(semantic, "BAG_BYTES", held // 2)
+    cache._bags.clear()
+    cache._bag_bytes = 0
+    again = cache.explain(QUERY, NS)
+    assert again is not None and len(cache._bags) == 1  # the older answer's went
+    assert cache._bag_bytes == sum(bag.nbytes for bag in cache._bags.values())
+    cache.close()
+
+
+def test_one_phrasing_per_answer_costs_no_word_pieces(tmp_path: Path) -> None:
+    # As /v1/ask stores its misses: the rule has nothing to compare, so nothing is stored
+    # and lookups ask the model for the sentence vector only.
+    embedder = PieceEmbedder()
+    cache = open_cache(tmp_path, 2.0, embedder)
+    put_all(cache, {f"answer {n}": [q] for n, q in enumerate(ANSWERS[next(iter(ANSWERS))])})
+    found = cache.explain(QUERY, NS)
+    assert found is not None and found.piece_gap is None
+    assert embedder.piece_calls == 0
+    assert all(cache._store.get_pieces(i) is None for i, _ in cache._store.iter_entries())
+    cache.close()
+
+
+def test_phrasings_stored_before_the_first_alias_get_their_pieces_when_needed(
+    tmp_path: Path,
+) -> None:
+    (served, phrasings), (rival, others) = ANSWERS.items()
+    embedder = PieceEmbedder()
+    cache = open_cache(tmp_path, 1.0, embedder)
+    put_all(cache, {served: phrasings[:1], rival: others[:1]})  # one phrasing each
+    early = [i for i, _ in cache._store.iter_entries()]
+    put_all(cache, {served: phrasings[1:], rival: others[1:]})  # now they have aliases
+    assert all(cache._store.get_pieces(i) is None for i in early)
+    found = cache.explain(QUERY, NS)
+    assert found is not None and found.piece_gap is not None
+
+    complete = open_cache(tmp_path / "complete", 1.0, PieceEmbedder())
+    fill(complete)  # every phrasing stored with its pieces
+    expected = complete.explain(QUERY, NS)
+    assert expected is not None and expected.piece_gap is not None
+    assert found.entry.answer == expected.entry.answer
+    assert found.piece_gap == pytest.approx(expected.piece_gap, abs=0.02)  # int8 vs float
+    assert all(cache._store.get_pieces(i) is None for i in early)  # a lookup never writes
+    complete.close()
+    cache.close()
