@@ -634,6 +634,29 @@ class SemanticCache:
                 return True
         return False
 
+    def _unpieced_phrasings(
+        self, checked: Sequence[tuple[Any, ...]], texts: list[str]
+    ) -> list[tuple[Entry, int]]:
+        """Stored phrasings of the answers in a batch, not rewritten by it, that have no word
+        pieces yet. Only an answer's lone phrasing is looked at: once an answer has several,
+        its phrasings were written with pieces (unless while the rule was off)."""
+        keys = [(ns, self.version(ns), item.scope) for item, ns, _, _, _ in checked]
+        written = {entry_int_id(*key, text) for key, text in zip(keys, texts, strict=True)}
+        found: dict[int, Entry] = {}
+        for (item, _, _, _, _), key in zip(checked, keys, strict=True):
+            group = self._groups.get(key)
+            answer = answer_key(item.answer)
+            if group is None or group.phrasings(answer) != 1:
+                continue
+            for int_id in group.members(answer):
+                if int_id in written or int_id in found:
+                    continue
+                if self._store.get_pieces(int_id) is None:
+                    entry = self._store.get_entry(int_id)
+                    if entry is not None:
+                        found[int_id] = entry
+        return [(entry, int_id) for int_id, entry in found.items()]
+
     def _piece_embedder(self) -> TokenEmbedder | None:
         """The embedder to ask for word pieces, None while the word-piece rule is off."""
         return piece_embedder(self._embedder) if self.config.piece_weight > 0 else None
@@ -1078,14 +1101,19 @@ class SemanticCache:
         namespaces = {namespace for _, namespace, _, _, _ in checked}
         pieces: list[np.ndarray[Any, Any]] | None = None
         pieced = self._piece_embedder() if self._makes_aliases(checked, texts) else None
+        # Earlier phrasings of the answers written here that were stored without word pieces
+        # (alone at the time): they get theirs now, in the same model calls.
+        backfill = self._unpieced_phrasings(checked, texts) if pieced is not None else []
         try:
             if pieced is not None:
                 chunks, pieces = [], []
-                for start in range(0, len(texts), _REEMBED_BATCH):
-                    v, p = pieced.embed_with_tokens(texts[start : start + _REEMBED_BATCH])
+                every = texts + [key_text(e.normalized_question, e.context) for e, _ in backfill]
+                for start in range(0, len(every), _REEMBED_BATCH):
+                    v, p = pieced.embed_with_tokens(every[start : start + _REEMBED_BATCH])
                     chunks.append(v)
                     pieces.extend(p)
-                vectors = np.vstack(chunks)
+                vectors = np.vstack(chunks)[: len(texts)]
+                pieces, backfill_pieces = pieces[: len(texts)], pieces[len(texts) :]
             else:
                 vectors = np.vstack(
                     [
@@ -1151,6 +1179,17 @@ class SemanticCache:
                     [rows[row][0].expires_at for row in last],
                     [answer_key(rows[row][0].answer) for row in last],
                 )
+            if backfill:
+                try:
+                    self._store.put_pieces(
+                        [
+                            (entry, int_id, quantise_pieces(p))
+                            for (entry, int_id), p in zip(backfill, backfill_pieces, strict=True)
+                            if self._store.get_entry(int_id) is not None  # not deleted meanwhile
+                        ]
+                    )
+                except Exception:  # derived data: the lookup computes them if it needs them
+                    log.exception("word pieces of earlier phrasings could not be stored")
             with self._hits_lock:
                 for _, int_id, _ in rows:
                     self._hits_pending.pop(int_id, None)

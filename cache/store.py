@@ -100,11 +100,20 @@ class EntryStore:
                 self._db.set(_VECTOR + key, np.asarray(vector, dtype=np.float32).tobytes(), tag=tag)
                 self._db.set(_ENTRY + key, _encoder.encode(entry), tag=tag)
                 if pieces is not None:
-                    self._db.set(
-                        _PIECES + key,
-                        _encode_pieces(pieces[row]),
-                        tag=_pieces_tag(entry.namespace, entry.catalog_version),
-                    )
+                    self._set_pieces(entry, int_id, pieces[row])
+
+    def put_pieces(self, rows: list[tuple[Entry, int, Pieces]]) -> None:
+        """Add word pieces to entries already stored (their vectors and records unchanged)."""
+        with self._db.transact():
+            for entry, int_id, pieces in rows:
+                self._set_pieces(entry, int_id, pieces)
+
+    def _set_pieces(self, entry: Entry, int_id: int, pieces: Pieces) -> None:
+        self._db.set(
+            _PIECES + format_entry_id(int_id),
+            _encode_pieces(pieces),
+            tag=_pieces_tag(entry.namespace, entry.catalog_version),
+        )
 
     def get_pieces(self, int_id: int) -> Pieces | None:
         raw = self._db.get(_PIECES + format_entry_id(int_id))

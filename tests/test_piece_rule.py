@@ -214,25 +214,27 @@ def test_one_phrasing_per_answer_costs_no_word_pieces(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_phrasings_stored_before_the_first_alias_get_their_pieces_when_needed(
-    tmp_path: Path,
-) -> None:
+def test_phrasings_stored_before_the_first_alias_get_their_pieces(tmp_path: Path) -> None:
     (served, phrasings), (rival, others) = ANSWERS.items()
-    embedder = PieceEmbedder()
-    cache = open_cache(tmp_path, 1.0, embedder)
-    put_all(cache, {served: phrasings[:1], rival: others[:1]})  # one phrasing each
-    early = [i for i, _ in cache._store.iter_entries()]
-    put_all(cache, {served: phrasings[1:], rival: others[1:]})  # now they have aliases
-    assert all(cache._store.get_pieces(i) is None for i in early)
+    cache = open_cache(tmp_path, 1.0, PieceEmbedder())
+    put_all(cache, {served: phrasings[:1], rival: others[:1]})  # one phrasing each: no pieces
+    ids = {entry.answer: i for i, entry in cache._store.iter_entries()}
+    first_served, first_rival = ids[served], ids[rival]
+    assert cache._store.get_pieces(first_served) is None
+    assert cache._store.get_pieces(first_rival) is None
+    put_all(cache, {served: phrasings[1:]})  # the served answer gets aliases
+    # its lone earlier phrasing got its pieces with the write; the rival's, still alone, not
+    assert cache._store.get_pieces(first_served) is not None
+    assert cache._store.get_pieces(first_rival) is None
     found = cache.explain(QUERY, NS)
-    assert found is not None and found.piece_gap is not None
+    assert found is not None and found.piece_gap is not None  # the rival's computed for it
+    assert cache._store.get_pieces(first_rival) is None  # a lookup never writes
 
     complete = open_cache(tmp_path / "complete", 1.0, PieceEmbedder())
-    fill(complete)  # every phrasing stored with its pieces
+    put_all(complete, {served: phrasings, rival: others[:1]})  # every phrasing with pieces
     expected = complete.explain(QUERY, NS)
     assert expected is not None and expected.piece_gap is not None
     assert found.entry.answer == expected.entry.answer
     assert found.piece_gap == pytest.approx(expected.piece_gap, abs=0.02)  # int8 vs float
-    assert all(cache._store.get_pieces(i) is None for i in early)  # a lookup never writes
     complete.close()
     cache.close()
